@@ -1,0 +1,847 @@
+"""USB-PO: Unified model Shift and model Bias Policy Optimization (Zhang et al., NeurIPS 2023).
+
+A one-file reference implementation in the style of CleanRL. Read it top to bottom:
+
+    1. configuration and per-environment presets
+    2. environments and termination functions
+    3. replay buffers
+    4. the Gaussian dynamics ensemble       (phase 1: maximum likelihood, as MBPO)
+    5. the USB fine-tune                    (phase 2: Eq. 3, W2 model shift + W2 model bias)
+    6. SAC
+    7. model rollouts
+    8. the training loop
+
+USB-PO is MBPO (Janner et al., 2019) with one extra step: after the ensemble M2 has been
+retrained by maximum likelihood, it is fine-tuned to minimise
+    W2(p_M1, p_M2) + W2(p_M2, p_M*)          (model shift + model bias)
+where M1 is the model before the update, and the fine-tuned weights are kept only while a
+validation estimate of that sum improves.
+
+    python usbpo.py --env-id Walker2d-v4                 # USB-PO
+    python usbpo.py --env-id Walker2d-v4 --no-finetune   # plain MBPO, same code path
+"""
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ======================================================================================
+# 1. Configuration
+# ======================================================================================
+
+# Per-environment settings of the authors' configs (identical to MBPO's). A flag given on
+# the command line wins; a flag left out takes the value here.
+# rollout_schedule = [epoch_start, epoch_end, k_start, k_end]: the rollout length k grows
+# linearly from k_start to k_end between those epochs.
+PRESETS = {
+    "Hopper":      dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 15), target_entropy=-1.0, total_timesteps=125_000),
+    "Walker2d":    dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 1), target_entropy=-3.0, total_timesteps=300_000),
+    "HalfCheetah": dict(updates_per_step=40, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 1), target_entropy=-3.0, total_timesteps=400_000),
+    "Ant":         dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 100, 1, 25), target_entropy=-4.0, total_timesteps=300_000),
+    "Humanoid":    dict(updates_per_step=20, model_train_freq=1000, retain_epochs=5, rollout_schedule=(20, 300, 1, 25), target_entropy=-2.0, total_timesteps=300_000, model_hidden=400),
+    "InvertedPendulum":       dict(updates_per_step=10, model_train_freq=250, retain_epochs=1, rollout_schedule=(1, 15, 1, 1), target_entropy=-0.05, total_timesteps=15_000, epoch_length=250, learning_starts=500),
+    "InvertedDoublePendulum": dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(1, 15, 1, 1), target_entropy=-0.5, total_timesteps=15_000, epoch_length=250, learning_starts=500),
+}
+COMMON_PRESET = dict(epoch_length=1000, learning_starts=5000, model_hidden=200)
+# MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
+OBS_DIMS = {"Ant": 27, "Humanoid": 45}
+SUPPORTED_VERSIONS = ("v4", "v5")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5 (see PRESETS)")
+    a("--exp-name", default=None, help="name of the run (default: usbpo, or mbpo with --no-finetune)")
+    a("--seed", type=int, default=1, help="seed of random, numpy, torch and the environments")
+    a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    a("--total-timesteps", type=int, help="environment steps in the run [preset]")
+    a("--learning-starts", type=int, help="uniform random steps before model and policy training [preset]")
+    a("--epoch-length", type=int, help="env steps per epoch: evaluation, logging, rollout schedule [preset]")
+    a("--eval-episodes", type=int, default=5, help="deterministic evaluation episodes at the end of each epoch")
+    # dynamics ensemble (phase 1)
+    a("--model-train-freq", type=int, help="env steps between two model trainings [preset]")
+    a("--ensemble-size", type=int, default=7, help="members of the dynamics ensemble")
+    a("--num-elites", type=int, default=5, help="members used in rollouts (lowest holdout MSE)")
+    a("--model-hidden", type=int, help="units in each of the 4 hidden layers of a member [preset]")
+    a("--model-lr", type=float, default=1e-3, help="Adam learning rate of the maximum-likelihood training")
+    a("--model-batch-size", type=int, default=256, help="minibatch per member in the maximum-likelihood training")
+    a("--holdout-ratio", type=float, default=0.2, help="fraction of the real data held out for early stopping")
+    a("--max-holdout", type=int, default=5000, help="cap on the holdout size")
+    a("--model-patience", type=int, default=5, help="stop after this many epochs without a 1%% holdout improvement")
+    a("--model-max-epochs", type=int, default=None, help="optional cap on the epochs of one model training")
+    # USB fine-tune (phase 2)
+    a("--no-finetune", action="store_true", help="skip phase 2: plain MBPO")
+    a("--shift-coef", type=float, default=1.0, help="weight of the model-shift term W2(p_M1, p_M2)")
+    a("--bias-coef", type=float, default=1.0, help="weight of the model-bias term W2(p_M2, p_M*)")
+    a("--finetune-lr", type=float, default=1e-4, help="Adam learning rate of the fine-tune")
+    a("--finetune-batch", type=int, default=1024, help="(s, a) from the model buffer per fine-tune step")
+    a("--finetune-steps", type=int, default=100, help="maximum fine-tune steps per model training")
+    a("--finetune-patience", type=int, default=10, help="stop after this many steps without validation improvement")
+    # rollouts
+    a("--rollout-batch-size", type=int, default=100_000, help="start states branched from real data per model training")
+    a("--rollout-schedule", type=int, nargs=4, metavar=("E0", "E1", "K0", "K1"), help="rollout length k from K0 at epoch E0 to K1 at epoch E1 [preset]")
+    a("--retain-epochs", type=int, help="epochs of rollouts the model buffer keeps [preset]")
+    a("--real-ratio", type=float, default=0.05, help="fraction of each SAC batch drawn from real data")
+    # SAC
+    a("--updates-per-step", type=int, help="SAC updates per environment step [preset]")
+    a("--batch-size", type=int, default=256, help="SAC minibatch")
+    a("--gamma", type=float, default=0.99, help="discount")
+    a("--tau", type=float, default=5e-3, help="target network smoothing")
+    a("--lr", type=float, default=3e-4, help="Adam learning rate of actor, critics and temperature")
+    a("--target-entropy", type=float, help="entropy target of the automatic temperature [preset]")
+    # run management
+    a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
+    a("--checkpoint-every", type=int, default=5, help="epochs between resumable checkpoints (0: never)")
+    a("--resume", default=None, help="run folder whose checkpoint.pt to continue from")
+    a("--runs-dir", default="runs", help="where run folders are created")
+    a("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    return p
+
+
+def fail(message):
+    """End the program with one line that says what to do, and a non-zero exit code."""
+    raise SystemExit(f"usbpo: error: {message}")
+
+
+def env_family(env_id):
+    family, _, version = env_id.rpartition("-")
+    if family not in PRESETS or version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(f"{f}-v4/-v5" for f in PRESETS)
+        fail(f"unsupported environment '{env_id}'; choose one of: {supported}")
+    return family
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    preset = {**COMMON_PRESET, **PRESETS[env_family(args.env_id)]}
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.rollout_schedule = tuple(args.rollout_schedule)
+    if args.exp_name is None:
+        args.exp_name = "mbpo" if args.no_finetune else "usbpo"
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    positive = ["total_timesteps", "learning_starts", "epoch_length", "model_train_freq", "ensemble_size", "num_elites",
+                "model_hidden", "model_batch_size", "max_holdout", "model_patience", "finetune_batch", "finetune_patience",
+                "rollout_batch_size", "retain_epochs", "batch_size", "eval_episodes"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ["updates_per_step", "finetune_steps", "checkpoint_every", "shift_coef", "bias_coef"]:
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    if args.model_max_epochs is not None and args.model_max_epochs <= 0:
+        fail(f"--model-max-epochs must be positive, got {args.model_max_epochs}")
+    if args.learning_starts > args.total_timesteps:
+        fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); lower it or train longer")
+    if args.learning_starts < 10:
+        fail("--learning-starts must be at least 10: the model needs real data to train and hold out")
+    if args.num_elites > args.ensemble_size:
+        fail(f"--num-elites ({args.num_elites}) cannot exceed --ensemble-size ({args.ensemble_size})")
+    if args.ensemble_size < 2 and not args.no_finetune:
+        fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
+    if not 0.0 < args.holdout_ratio < 1.0:
+        fail(f"--holdout-ratio must be in (0, 1), got {args.holdout_ratio}")
+    if not 0.0 <= args.real_ratio <= 1.0:
+        fail(f"--real-ratio must be in [0, 1], got {args.real_ratio}")
+    for name in ["gamma", "tau"]:
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    for name in ["model_lr", "finetune_lr", "lr"]:
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    e0, e1, k0, k1 = args.rollout_schedule
+    if min(k0, k1) < 1 or e1 < e0 or e0 < 0:
+        fail(f"--rollout-schedule needs 0 <= E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
+    if args.device != "auto":
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            fail(f"--device '{args.device}' is not a device; use auto, cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            fail(f"--device {args.device} asked for, but torch sees no CUDA GPU; use --device cpu")
+
+
+# ======================================================================================
+# 2. Environments and termination functions
+# ======================================================================================
+
+def make_env(env_id, seed):
+    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics."""
+    import gymnasium as gym
+    try:
+        import mujoco  # noqa: F401  (imported here only for a clear message when missing)
+    except ImportError:
+        fail("MuJoCo is not installed: pip install -r requirements.txt")
+    family = env_family(env_id)
+    with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
+        warnings.simplefilter("ignore")
+        try:
+            env = gym.make(env_id)
+        except gym.error.Error as e:
+            fail(f"could not make '{env_id}' ({e}); pip install -r requirements.txt")
+    if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
+        n = OBS_DIMS[family]
+        space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float64)
+        env = gym.wrappers.TransformObservation(env, lambda obs: obs[:n], space)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env.action_space.seed(seed)
+    return env
+
+
+def _hopper(obs, act, next_obs):
+    z, angle = next_obs[:, 0], next_obs[:, 1]
+    # obs[1:] is the env's state_vector()[2:], which must stay inside (-100, 100)
+    healthy = torch.isfinite(next_obs).all(-1) & (next_obs[:, 1:].abs() < 100).all(-1) & (z > 0.7) & (angle.abs() < 0.2)
+    return ~healthy
+
+
+def _walker2d(obs, act, next_obs):
+    z, angle = next_obs[:, 0], next_obs[:, 1]
+    return ~((z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0))  # NaN compares False: terminated, as in the env
+
+
+def _ant(obs, act, next_obs):
+    z = next_obs[:, 0]
+    return ~(torch.isfinite(next_obs).all(-1) & (z >= 0.2) & (z <= 1.0))
+
+
+def _humanoid(obs, act, next_obs):
+    z = next_obs[:, 0]
+    return ~((z > 1.0) & (z < 2.0))
+
+
+def _half_cheetah(obs, act, next_obs):
+    return torch.zeros(len(next_obs), dtype=torch.bool, device=next_obs.device)
+
+
+def _inverted_pendulum(obs, act, next_obs):
+    return ~torch.isfinite(next_obs).all(-1) | (next_obs[:, 1].abs() > 0.2)
+
+
+def _inverted_double_pendulum(obs, act, next_obs):
+    # obs = [x, sin t1, sin t2, cos t1, cos t2, ...] in v4 and v5; the tip is 0.6 above each hinge,
+    # so its height is 0.6 * (cos t1 + cos(t1 + t2)), and the env ends the episode when it is <= 1.
+    s1, s2, c1, c2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
+    return 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0
+
+
+TERMINATION_FNS = {"Hopper": _hopper, "Walker2d": _walker2d, "Ant": _ant, "Humanoid": _humanoid,
+                   "HalfCheetah": _half_cheetah, "InvertedPendulum": _inverted_pendulum,
+                   "InvertedDoublePendulum": _inverted_double_pendulum}
+
+
+def termination_fn(env_id):
+    """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions."""
+    return TERMINATION_FNS[env_family(env_id)]
+
+
+# ======================================================================================
+# 3. Replay buffers
+# ======================================================================================
+
+class ReplayBuffer:
+    """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated].
+
+    One flat tensor makes a whole env step's minibatches a single indexing op, and resizing a copy.
+    """
+
+    def __init__(self, capacity, obs_dim, act_dim, device):
+        self.widths = (obs_dim, act_dim, 1, obs_dim, 1)
+        self.data = torch.zeros(capacity, sum(self.widths), device=device)
+        self.ptr, self.size = 0, 0
+
+    @property
+    def capacity(self):
+        return len(self.data)
+
+    def add(self, rows):
+        rows = rows[-self.capacity:]
+        idx = (self.ptr + torch.arange(len(rows), device=rows.device)) % self.capacity
+        self.data[idx] = rows
+        self.ptr = (self.ptr + len(rows)) % self.capacity
+        self.size = min(self.size + len(rows), self.capacity)
+
+    def rows(self):
+        """All stored rows, oldest first."""
+        if self.size < self.capacity:
+            return self.data[:self.size]
+        return torch.cat([self.data[self.ptr:], self.data[:self.ptr]])
+
+    def resize(self, capacity):
+        """New capacity, keeping the newest rows (MBPO reallocates its model pool this way)."""
+        if capacity != self.capacity:
+            kept = self.rows()[-capacity:]
+            self.data = torch.zeros(capacity, self.data.shape[1], device=self.data.device)
+            self.load(kept)
+
+    def load(self, rows):
+        """Replace the contents with rows, oldest first (e.g. from a checkpoint)."""
+        self.ptr, self.size = 0, 0
+        self.add(rows)
+
+    def split(self, rows):
+        """(obs, act, rew, next_obs, terminated) views of rows, rew and terminated without the last axis."""
+        obs, act, rew, next_obs, term = rows.split(self.widths, dim=-1)
+        return obs, act, rew.squeeze(-1), next_obs, term.squeeze(-1)
+
+
+# ======================================================================================
+# 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO)
+# ======================================================================================
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]."""
+
+    def __init__(self, ensemble_size, n_in, n_out):
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default initialisation, per member
+        self.weight = nn.Parameter(torch.empty(ensemble_size, n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, n_out).uniform_(-bound, bound))
+
+    def forward(self, x, members=None):
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
+
+
+class GaussianEnsemble(nn.Module):
+    """E probabilistic MLPs predicting mean and log-variance of y = [r, s' - s] from x = [s, a]."""
+
+    weight_decays = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, as MBPO
+
+    def __init__(self, obs_dim, act_dim, ensemble_size=7, num_elites=5, hidden=200):
+        super().__init__()
+        in_dim, self.out_dim = obs_dim + act_dim, obs_dim + 1
+        dims = [in_dim, hidden, hidden, hidden, hidden, 2 * self.out_dim]
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        for layer in self.layers:  # MBPO's initialisation: truncated normal, std 1 / (2 sqrt(fan_in))
+            nn.init.trunc_normal_(layer.weight, std=1.0 / (2.0 * math.sqrt(layer.weight.shape[1])))
+            nn.init.zeros_(layer.bias)
+        self.max_logvar = nn.Parameter(torch.full((1, 1, self.out_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, self.out_dim), -10.0))
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+        self.register_buffer("elites", torch.arange(num_elites))
+        self.ensemble_size = ensemble_size
+
+    def fit_normaliser(self, x):
+        self.input_mean.copy_(x.mean(0))
+        self.input_std.copy_(x.std(0).clamp_min(1e-12))
+
+    def forward(self, x, members=None):
+        """x [E, B, in] (or [len(members), B, in]) -> mean, log-variance [E, B, out], log-variance soft-bounded."""
+        h = (x - self.input_mean) / self.input_std
+        for layer in self.layers[:-1]:
+            h = F.silu(layer(h, members))
+        mean, logvar = self.layers[-1](h, members).chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def loss(self, x, y):
+        """Gaussian NLL summed over members (mean over batch and dims) + weight decay + log-variance bound penalty."""
+        mean, logvar = self(x)
+        nll = ((mean - y).square() * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
+        decay = sum(d * 0.5 * layer.weight.square().sum() for d, layer in zip(self.weight_decays, self.layers))
+        return nll + decay + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+    @torch.no_grad()
+    def mse(self, x, y):
+        """Per-member MSE of the mean prediction on a shared batch x [B, in], y [B, out] -> [E]."""
+        mean, _ = self(x.expand(self.ensemble_size, *x.shape))
+        return (mean - y).square().mean(dim=(1, 2))
+
+    @torch.no_grad()
+    def step(self, obs, act):
+        """Sample (reward, next_obs) for a batch, each sample from one elite.
+
+        Samples are dealt at random to the elites in equal shares, so each row runs through one
+        member only (not all E, as MBPO's code does before picking one).
+        """
+        n, n_elites = len(obs), len(self.elites)
+        per_member = -(-n // n_elites)
+        perm = torch.randperm(n, device=obs.device)
+        order = perm.repeat(n_elites)[: per_member * n_elites]  # padded to equal shares; the padding is dropped
+        x = torch.cat([obs, act], dim=-1)[order].view(n_elites, per_member, -1)
+        mean, logvar = self(x, self.elites)
+        y = (mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)).view(n_elites * per_member, -1)
+        y_out = torch.empty(n, self.out_dim, device=obs.device)
+        y_out[perm] = y[:n]
+        return y_out[:, 0], obs + y_out[:, 1:]
+
+
+def model_data(buffer, rows):
+    """Inputs [s, a] and targets [r, s' - s] of the dynamics model."""
+    obs, act, rew, next_obs, _ = buffer.split(rows)
+    return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
+
+
+def train_ensemble(model, optimizer, inputs, targets, args):
+    """Phase 1: maximum-likelihood training with holdout early stopping (MBPO's recipe).
+
+    Each member sees its own bootstrap of the training split, reshuffled every epoch. A member's
+    weights are snapshot when its holdout MSE improves by more than 1% relative; training stops
+    after `model_patience` epochs in which no member improved; each member gets its best weights
+    back, and the elites are the members with the lowest holdout MSE.
+    Returns the holdout split (for the fine-tune's validation set) and the per-member MSE.
+    """
+    n = len(inputs)
+    n_holdout = min(int(n * args.holdout_ratio), args.max_holdout)
+    perm = torch.randperm(n, device=inputs.device)
+    holdout, train = perm[:n_holdout], perm[n_holdout:]
+    model.fit_normaliser(inputs)
+    E, n_train = model.ensemble_size, len(train)
+    bootstrap = train[torch.randint(n_train, (E, n_train), device=inputs.device)]
+    member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]  # [E, ...] each
+    best_params = [p.detach().clone() for p in member_params]
+    best_mse = torch.full((E,), float("inf"), device=inputs.device)
+    epochs_since_update, epoch = 0, 0
+    while True:
+        order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
+        for start in range(0, n_train, args.model_batch_size):
+            idx = order[:, start:start + args.model_batch_size]
+            loss = model.loss(inputs[idx], targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epoch += 1
+        mse = model.mse(inputs[holdout], targets[holdout])
+        improved = (best_mse - mse) / best_mse > 0.01
+        if improved.any():
+            mask = improved.view(E, 1, 1)
+            for best, p in zip(best_params, member_params):
+                best.copy_(torch.where(mask, p.detach(), best))
+            best_mse = torch.where(improved, mse, best_mse)
+            epochs_since_update = 0
+        else:
+            epochs_since_update += 1
+        if epochs_since_update >= args.model_patience or epoch == args.model_max_epochs:
+            break
+    with torch.no_grad():
+        for best, p in zip(best_params, member_params):
+            p.copy_(best)
+    mse = model.mse(inputs[holdout], targets[holdout])
+    pick_elites(model, mse)
+    return holdout, mse, epoch
+
+
+def pick_elites(model, holdout_mse):
+    model.elites.copy_(torch.argsort(holdout_mse)[: len(model.elites)])
+
+
+# ======================================================================================
+# 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*)
+# ======================================================================================
+
+def w2_gaussian(mu1, std1, mu2, std2):
+    """Second-order Wasserstein distance between diagonal Gaussians, per sample (last axis = dimension).
+
+        W2(N(mu1, diag std1^2), N(mu2, diag std2^2))^2 = ||mu1 - mu2||^2 + ||std1 - std2||^2
+
+    The square root is guarded so that identical inputs give exactly 0 with a zero (not NaN) gradient.
+    """
+    sq = (mu1 - mu2).square().sum(-1) + (std1 - std2).square().sum(-1)
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
+
+
+def model_shift(mean1, std1, mean2, std2):
+    """W2(p_M1, p_M2): each member of M2 against the same member of M1, averaged over members and batch.
+
+    Pairing members by index is a valid coupling, so this upper-bounds the W2 between the mixtures.
+    """
+    return w2_gaussian(mean1, std1, mean2, std2).mean()
+
+
+def model_bias(mean, std):
+    """W2(p_M2, p_M*), with the disagreement of distinct members i != j standing in for the unknown truth."""
+    E = mean.shape[0]
+    pairwise = w2_gaussian(mean[:, None], std[:, None], mean[None, :], std[None, :])  # [E, E, B]
+    off_diagonal = ~torch.eye(E, dtype=torch.bool, device=mean.device)
+    return pairwise[off_diagonal].mean()
+
+
+def usb_objective(model, prev_model, x, shift_coef, bias_coef):
+    """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in]."""
+    x = x.expand(model.ensemble_size, *x.shape)
+    with torch.no_grad():
+        mean1, logvar1 = prev_model(x)
+    mean2, logvar2 = model(x)
+    std1, std2 = torch.exp(0.5 * logvar1), torch.exp(0.5 * logvar2)
+    shift, bias = model_shift(mean1, std1, mean2, std2), model_bias(mean2, std2)
+    return shift_coef * shift + bias_coef * bias, shift, bias
+
+
+def usb_finetune(model, prev_model, train_inputs, val_inputs, args):
+    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set.
+
+    The phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome.
+    Returns the validation objective, shift and bias before and after, and the steps kept.
+    """
+    def validate():
+        with torch.no_grad():
+            return [v.item() for v in usb_objective(model, prev_model, val_inputs, args.shift_coef, args.bias_coef)]
+
+    before = validate()
+    best_loss, best_state, steps_kept, since_best = before[0], copy.deepcopy(model.state_dict()), 0, 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.finetune_lr)
+    for step in range(1, args.finetune_steps + 1):
+        x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
+        loss, _, _ = usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        val_loss = validate()[0]
+        if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
+            best_loss, best_state, steps_kept, since_best = val_loss, copy.deepcopy(model.state_dict()), step, 0
+        else:
+            since_best += 1
+            if since_best >= args.finetune_patience:
+                break
+    model.load_state_dict(best_state)
+    after = validate()
+    return dict(objective_before=before[0], shift_before=before[1], bias_before=before[2],
+                objective_after=after[0], shift_after=after[1], bias_after=after[2], finetune_steps=steps_kept)
+
+
+# ======================================================================================
+# 6. SAC (as MBPO's softlearning SAC)
+# ======================================================================================
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, 2 x 256 ReLU."""
+
+    def __init__(self, obs_dim, act_dim, act_low, act_high):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2 * act_dim))
+        self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs, deterministic=False):
+        """Action and its log-probability (change of variables through tanh and the action scale)."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        if deterministic:
+            return torch.tanh(mean) * self.act_scale + self.act_bias, None
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        noise = torch.randn_like(mean)
+        u = mean + noise * log_std.exp()
+        # log N(u) - log|d tanh(u)/du| - log(scale), with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u))
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1) - self.act_scale.log().sum()
+        return torch.tanh(u) * self.act_scale + self.act_bias, log_prob
+
+
+class TwinQ(nn.Module):
+    """Two Q-networks (2 x 256 ReLU) as one batched module: (obs, act) -> [2, B]."""
+
+    def __init__(self, obs_dim, act_dim):
+        super().__init__()
+        self.layers = nn.ModuleList([EnsembleLinear(2, obs_dim + act_dim, 256), EnsembleLinear(2, 256, 256), EnsembleLinear(2, 256, 1)])
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], dim=-1).expand(2, len(obs), -1)
+        x = F.relu(self.layers[0](x))
+        x = F.relu(self.layers[1](x))
+        return self.layers[2](x).squeeze(-1)
+
+
+class SAC(nn.Module):
+    def __init__(self, obs_dim, act_dim, act_low, act_high, args):
+        super().__init__()
+        self.actor = Actor(obs_dim, act_dim, act_low, act_high)
+        self.qf = TwinQ(obs_dim, act_dim)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.gamma, self.tau, self.target_entropy = args.gamma, args.tau, args.target_entropy
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=args.lr, fused=True)
+        self.qf_optim = torch.optim.Adam(self.qf.parameters(), lr=args.lr, fused=True)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=args.lr, fused=True)
+
+    def update(self, obs, act, rew, next_obs, terminated):
+        """One SAC step on a batch; returns the losses as tensors (no host sync)."""
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_log_prob = self.actor(next_obs)
+            next_q = self.qf_target(next_obs, next_act).min(0).values - alpha * next_log_prob
+            target_q = rew + self.gamma * (1.0 - terminated) * next_q  # only a real termination cuts the bootstrap
+        qf_loss = (self.qf(obs, act) - target_q).square().mean(1).sum()
+        self.qf_optim.zero_grad(set_to_none=True)
+        qf_loss.backward()
+        self.qf_optim.step()
+
+        new_act, log_prob = self.actor(obs)
+        actor_loss = (alpha * log_prob - self.qf(obs, new_act).min(0).values).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))  # the critics only score the action
+        self.actor_optim.step()
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.qf_target.parameters()), list(self.qf.parameters()), self.tau)
+        return dict(qf_loss=qf_loss.detach(), actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(), alpha=alpha)
+
+
+# ======================================================================================
+# 7. Model rollouts
+# ======================================================================================
+
+def rollout_length(epoch, schedule):
+    """k from the schedule [epoch_start, epoch_end, k_start, k_end], linear in between (MBPO, truncated to int)."""
+    e0, e1, k0, k1 = schedule
+    frac = 1.0 if e1 == e0 else min(max((epoch - e0) / (e1 - e0), 0.0), 1.0)
+    return int(k0 + frac * (k1 - k0))
+
+
+def model_buffer_capacity(args, k):
+    """retain_epochs * rollout_batch * (rollouts per epoch) * k, as MBPO sizes its model pool."""
+    return args.retain_epochs * args.rollout_batch_size * (args.epoch_length // args.model_train_freq or 1) * k
+
+
+@torch.no_grad()
+def rollout(model, actor, done_fn, start_obs, k, model_buffer):
+    """Branch k-step rollouts of the stochastic policy in the model from real start states.
+
+    Every transition is stored; a rollout that terminates is not continued.
+    """
+    obs = start_obs
+    for _ in range(k):
+        act, _ = actor(obs)
+        rew, next_obs = model.step(obs, act)
+        terminated = done_fn(obs, act, next_obs)
+        model_buffer.add(torch.cat([obs, act, rew[:, None], next_obs, terminated[:, None].float()], dim=-1))
+        obs = next_obs[~terminated]
+        if len(obs) == 0:
+            break
+
+
+# ======================================================================================
+# 8. The training loop
+# ======================================================================================
+
+def sample_batches(real_buffer, model_buffer, n_updates, batch_size, real_ratio):
+    """All minibatches of one env step in one indexing op per buffer: [n_updates, batch, row]."""
+    n_real = batch_size if model_buffer.size == 0 else int(batch_size * real_ratio)
+    device = real_buffer.data.device
+    rows = real_buffer.data[torch.randint(real_buffer.size, (n_updates, n_real), device=device)]
+    if n_real < batch_size:
+        model_rows = model_buffer.data[torch.randint(model_buffer.size, (n_updates, batch_size - n_real), device=device)]
+        rows = torch.cat([rows, model_rows], dim=1)
+    return rows
+
+
+@torch.no_grad()
+def evaluate(actor, env, n_episodes, device):
+    """Mean return of the deterministic policy over n_episodes."""
+    returns = []
+    for _ in range(n_episodes):
+        obs, _ = env.reset()
+        done, total = False, 0.0
+        while not done:
+            act, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic=True)
+            obs, rew, terminated, truncated, _ = env.step(act[0].cpu().numpy())
+            total += rew
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch):
+    """One model update of the loop: phase 1, phase 2, then fresh rollouts. Returns the log entries."""
+    device = real_buffer.data.device
+    prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
+    inputs, targets = model_data(real_buffer, real_buffer.data[:real_buffer.size])
+    holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args)
+    stats = dict(model_epochs=model_epochs, holdout_mse_phase1=mse[model.elites].mean().item())
+    if not args.no_finetune and model_buffer.size > 0:
+        val_inputs = inputs[holdout[torch.randperm(len(holdout), device=device)[:1024]]]
+        model_inputs = model_buffer.data[:model_buffer.size, :inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
+        stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args))
+        mse = model.mse(inputs[holdout], targets[holdout])
+        pick_elites(model, mse)
+    stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
+
+    k = rollout_length(epoch, args.rollout_schedule)
+    model_buffer.resize(model_buffer_capacity(args, k))
+    start = real_buffer.data[torch.randint(real_buffer.size, (args.rollout_batch_size,), device=device)]
+    rollout(model, agent.actor, done_fn, real_buffer.split(start)[0], k, model_buffer)
+    stats.update(rollout_length=k, model_buffer_size=model_buffer.size)
+    return stats
+
+
+CSV_FIELDS = ["env_steps", "epoch", "eval_return", "train_return", "holdout_mse_phase1", "holdout_mse_phase2",
+              "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps", "rollout_length",
+              "model_epochs", "sps", "wall_time"]
+
+
+def save_checkpoint(path, **state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill during the write never corrupts the last checkpoint
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resume = None
+    if args.resume:
+        path = os.path.join(args.resume, "checkpoint.pt")
+        if not os.path.isfile(path):
+            fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
+        resume = torch.load(path, map_location="cpu", weights_only=False)
+        args = argparse.Namespace(**{**resume["args"], "resume": args.resume})
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    done_fn = termination_fn(args.env_id)
+
+    run_dir = args.resume or os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(run_dir)
+    config = {**vars(args), "device": str(device), "obs_dim": obs_dim, "act_dim": act_dim}
+    print("usbpo config: " + json.dumps(config))
+    if resume is None:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+
+    agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
+    model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
+    model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr)
+    real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
+    k0 = rollout_length(0, args.rollout_schedule)
+    model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
+    start_step, model_stats = 1, {}
+    if resume is not None:
+        agent.load_state_dict(resume["agent"])
+        model.load_state_dict(resume["model"])
+        for opt, key in [(agent.actor_optim, "actor_optim"), (agent.qf_optim, "qf_optim"), (agent.alpha_optim, "alpha_optim"), (model_optim, "model_optim")]:
+            opt.load_state_dict(resume[key])
+        real_buffer.load(resume["real_buffer"].to(device))
+        model_buffer.resize(resume["model_buffer_capacity"])
+        model_buffer.load(resume["model_buffer"].to(device))
+        model_stats, start_step = resume["model_stats"], resume["global_step"] + 1
+        random.setstate(resume["rng_python"])
+        np.random.set_state(resume["rng_numpy"])
+        torch.set_rng_state(resume["rng_torch"])
+        print(f"resumed from {run_dir} at step {start_step - 1}")
+
+    csv_path = os.path.join(run_dir, "progress.csv")
+    rows = []
+    if resume is not None:  # drop the epochs logged after the checkpoint: they are about to be run again
+        with open(csv_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < start_step]
+    with open(csv_path, "w", newline="") as f:
+        out = csv.DictWriter(f, CSV_FIELDS)
+        out.writeheader()
+        out.writerows(rows)
+    from tqdm import tqdm
+    bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True,
+               disable=args.no_progress or not sys.stderr.isatty())
+
+    obs, _ = env.reset(seed=args.seed + start_step)
+    eval_env.reset(seed=args.seed + 10_000)
+    train_returns, losses = [], {}
+    start_time = epoch_time = time.time()
+    for global_step in range(start_step, args.total_timesteps + 1):
+        # --- act in the real environment (NumPy only here, at the env boundary)
+        if global_step <= args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        real_buffer.add(torch.as_tensor(np.concatenate([obs, action, [reward], next_obs, [float(terminated)]]),
+                                        dtype=torch.float32).to(device)[None])
+        obs = next_obs
+        if terminated or truncated:
+            train_returns.append(float(info["episode"]["r"]))
+            writer.add_scalar("charts/episodic_return", train_returns[-1], global_step)
+            writer.add_scalar("charts/episodic_length", int(info["episode"]["l"]), global_step)
+            obs, _ = env.reset()
+
+        # --- model training, fine-tune and rollouts; then the SAC updates on mixed data
+        if global_step >= args.learning_starts:
+            epoch = (global_step - args.learning_starts) // args.epoch_length
+            if global_step % args.model_train_freq == 0:
+                model_stats = train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch)
+                for key, value in model_stats.items():
+                    writer.add_scalar(f"model/{key}", value, global_step)
+            if args.updates_per_step > 0:
+                batches = sample_batches(real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio)
+                for rows in batches:
+                    losses = agent.update(*real_buffer.split(rows))
+        bar.update(1)
+
+        # --- end of epoch: evaluate, log, checkpoint
+        if global_step % args.epoch_length == 0:
+            now = time.time()
+            sps = args.epoch_length / (now - epoch_time)
+            eval_return = evaluate(agent.actor, eval_env, args.eval_episodes, device)
+            epoch_time = time.time()  # evaluation is not counted in SPS
+            row = dict(env_steps=global_step, epoch=global_step // args.epoch_length, eval_return=eval_return,
+                       train_return=float(np.mean(train_returns)) if train_returns else float("nan"),
+                       sps=sps, wall_time=now - start_time,
+                       **{k: model_stats.get(k, float("nan")) for k in CSV_FIELDS if k in model_stats})
+            with open(csv_path, "a", newline="") as f:
+                csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
+            writer.add_scalar("charts/eval_return", eval_return, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            for key, value in losses.items():
+                writer.add_scalar(f"losses/{key}", value.item(), global_step)
+            line = (f"step {global_step:>7d}  eval {eval_return:8.1f}  train {row['train_return']:8.1f}  "
+                    f"sps {sps:6.1f}  k {model_stats.get('rollout_length', '-')}  "
+                    f"ft {model_stats.get('finetune_steps', '-')}  mse {model_stats.get('holdout_mse_phase2', float('nan')):.4f}")
+            bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
+            if bar.disable:
+                print(line, flush=True)
+            else:
+                bar.write(line)
+            train_returns = []
+            if args.checkpoint_every and (global_step // args.epoch_length) % args.checkpoint_every == 0:
+                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=vars(args), global_step=global_step,
+                                agent=agent.state_dict(), model=model.state_dict(),
+                                actor_optim=agent.actor_optim.state_dict(), qf_optim=agent.qf_optim.state_dict(),
+                                alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
+                                real_buffer=real_buffer.rows().cpu(), model_buffer=model_buffer.rows().cpu(),
+                                model_buffer_capacity=model_buffer.capacity, model_stats=model_stats,
+                                rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state())
+    bar.close()
+    if args.save_model:
+        torch.save(dict(actor=agent.actor.state_dict(), qf=agent.qf.state_dict(), qf_target=agent.qf_target.state_dict(),
+                        ensemble=model.state_dict(), args=vars(args)), os.path.join(run_dir, "model.pt"))
+    writer.close()
+    env.close(), eval_env.close()
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
