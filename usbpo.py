@@ -61,6 +61,7 @@ SUPPORTED_VERSIONS = ("v4", "v5")
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     a = p.add_argument
     a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5 (see PRESETS)")
     a("--exp-name", default=None, help="name of the run (default: usbpo, or mbpo with --no-finetune)")
@@ -411,7 +412,7 @@ def train_ensemble(model, optimizer, inputs, targets, args):
     bootstrap = train[torch.randint(n_train, (E, n_train), device=inputs.device)]
     member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]  # [E, ...] each
     best_params = [p.detach().clone() for p in member_params]
-    best_mse = torch.full((E,), float("inf"), device=inputs.device)
+    best_mse = model.mse(inputs[holdout], targets[holdout])  # the warm start is the first snapshot
     epochs_since_update, epoch = 0, 0
     while True:
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
@@ -735,7 +736,7 @@ def main(argv=None):
 
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
-    model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr)
+    model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)

@@ -1,0 +1,459 @@
+"""Tests of the USB-PO reference: python -m pytest test_usbpo.py
+
+Each test checks a claim of usbpo.py against something independent of it: a closed form
+against numerical integration, a termination function against the real environment, a
+training step against the holdout data, a run against the files it must write.
+"""
+import copy
+import csv
+import glob
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import usbpo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPORTED_VERSIONS]
+
+
+def tiny_args(*extra, env_id="InvertedPendulum-v4"):
+    """A configuration small enough for a test to go through every phase in seconds."""
+    return usbpo.parse_args(["--env-id", env_id, "--total-timesteps", "750", "--learning-starts", "250",
+                             "--epoch-length", "250", "--model-train-freq", "250", "--rollout-batch-size", "500",
+                             "--updates-per-step", "2", "--eval-episodes", "1", "--model-max-epochs", "5",
+                             "--finetune-steps", "20", "--no-progress", *extra])
+
+
+def random_transitions(env_id, n, seed=0):
+    """n real transitions of the uniform random policy, as rows of a ReplayBuffer."""
+    env = usbpo.make_env(env_id, seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    buffer = usbpo.ReplayBuffer(n, obs_dim, act_dim, "cpu")
+    obs, _ = env.reset(seed=seed)
+    for _ in range(n):
+        act = env.action_space.sample()
+        next_obs, rew, terminated, truncated, _ = env.step(act)
+        buffer.add(torch.as_tensor(np.concatenate([obs, act, [rew], next_obs, [terminated]]), dtype=torch.float32)[None])
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    return buffer, obs_dim, act_dim
+
+
+# --------------------------------------------------------------------------------------
+# W2 between diagonal Gaussians
+# --------------------------------------------------------------------------------------
+
+def psd_sqrt(m):
+    w, v = np.linalg.eigh(m)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def w2_general(mu1, cov1, mu2, cov2):
+    """The general Gaussian formula: ||m1 - m2||^2 + tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2), via eigendecompositions."""
+    root2 = psd_sqrt(cov2)
+    cross = psd_sqrt(root2 @ cov1 @ root2)
+    return math.sqrt(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * cross))
+
+
+def w2_quantiles(mu1, std1, mu2, std2, n=20000):
+    """W2^2 = sum over dims of int_0^1 (F1^-1(q) - F2^-1(q))^2 dq, by the midpoint rule (independent dims couple)."""
+    z = np.array([statistics.NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)])
+    return math.sqrt(sum(np.mean(((m1 + s1 * z) - (m2 + s2 * z)) ** 2) for m1, s1, m2, s2 in zip(mu1, std1, mu2, std2)))
+
+
+def test_w2_gaussian_matches_independent_computations():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=(8, 5)), rng.normal(size=(8, 5))
+    std1, std2 = rng.uniform(0.1, 2.0, size=(8, 5)), rng.uniform(0.1, 2.0, size=(8, 5))
+    ours = usbpo.w2_gaussian(*(torch.as_tensor(a) for a in (mu1, std1, mu2, std2))).numpy()
+    assert ours.shape == (8,)
+    for i in range(8):
+        general = w2_general(mu1[i], np.diag(std1[i] ** 2), mu2[i], np.diag(std2[i] ** 2))
+        assert ours[i] == pytest.approx(general, rel=1e-9)
+        assert ours[i] == pytest.approx(w2_quantiles(mu1[i], std1[i], mu2[i], std2[i]), rel=2e-3)
+
+
+def test_w2_gaussian_zero_symmetric_differentiable():
+    mu, std = torch.randn(4, 3, 6, dtype=torch.float64), torch.rand(4, 3, 6, dtype=torch.float64) + 0.1
+    mu2, std2 = torch.randn_like(mu), torch.rand_like(std) + 0.1
+    assert torch.equal(usbpo.w2_gaussian(mu, std, mu, std), torch.zeros(4, 3, dtype=torch.float64))
+    assert torch.allclose(usbpo.w2_gaussian(mu, std, mu2, std2), usbpo.w2_gaussian(mu2, std2, mu, std))
+    args = tuple(t.clone().requires_grad_() for t in (mu, std, mu2, std2))
+    assert torch.autograd.gradcheck(lambda *a: usbpo.w2_gaussian(*a), args)
+    # at identical inputs the gradient is zero, not NaN, so a fine-tune step from M2 == M1 is safe
+    a = mu.clone().requires_grad_()
+    usbpo.w2_gaussian(a, std, mu, std).sum().backward()
+    assert torch.equal(a.grad, torch.zeros_like(mu))
+
+
+# --------------------------------------------------------------------------------------
+# Termination functions against the real environments
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env_id", ALL_ENV_IDS)
+def test_termination_fn_agrees_with_env(env_id):
+    """Every step of real episodes: random actions, bang-bang actions, and states pushed by random kicks."""
+    env = usbpo.make_env(env_id, 0)
+    done_fn = usbpo.termination_fn(env_id)
+    sim = env.unwrapped
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    observed, expected, acts = [], [], []
+    for step in range(3000):
+        if step % 3 == 0:  # a kick to qpos and qvel reaches states (flips, jumps, falls) random play rarely sees
+            sim.set_state(sim.data.qpos + rng.normal(scale=0.3, size=sim.model.nq), sim.data.qvel + rng.normal(scale=3.0, size=sim.model.nv))
+            obs = env.unwrapped._get_obs()[: env.observation_space.shape[0]]
+        act = env.action_space.sample() if step % 2 else np.sign(env.action_space.sample()) * env.action_space.high
+        next_obs, _, terminated, truncated, _ = env.step(act)
+        observed.append(np.concatenate([obs, next_obs]))
+        acts.append(act)
+        expected.append(terminated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    obs_next = torch.as_tensor(np.array(observed))
+    n = env.observation_space.shape[0]
+    got = done_fn(obs_next[:, :n], torch.as_tensor(np.array(acts)), obs_next[:, n:])
+    assert got.dtype == torch.bool and got.shape == (3000,)
+    wrong = got != torch.tensor(expected)
+    if env_id.startswith("InvertedDoublePendulum"):
+        # The env reads the tip height from MuJoCo's site positions, which mj_step leaves from inside
+        # the last RK4 substep (dt = 0.01), not from the state it returns. The observation cannot show
+        # that state, so a transition may disagree only when the tip is within one substep's motion of
+        # the boundary: |height - 1| < 0.6 dt (|w1| + |w1 + w2|). In plain episodes that is ~1 in 20,000.
+        s1, s2, c1, c2 = obs_next[:, n + 1], obs_next[:, n + 2], obs_next[:, n + 3], obs_next[:, n + 4]
+        w1, w2 = obs_next[:, n + 6], obs_next[:, n + 7]
+        margin = (0.6 * (c1 + c1 * c2 - s1 * s2) - 1.0).abs()
+        wrong &= margin > 0.6 * 0.01 * (w1.abs() + (w1 + w2).abs())
+        assert wrong.sum() + 3 >= (got != torch.tensor(expected)).sum()  # the allowance excuses at most a few
+    assert not wrong.any(), f"disagrees with the env at steps {wrong.nonzero().flatten().tolist()}"
+    if not env_id.startswith("HalfCheetah"):
+        assert 0 < sum(expected) < 3000, "the episodes must show both outcomes for the check to mean something"
+
+
+def test_unknown_env_refused_with_supported_list():
+    with pytest.raises(SystemExit, match="Hopper-v4"):
+        usbpo.termination_fn("Swimmer-v4")
+
+
+def test_observation_sizes_match_mbpo():
+    for env_id, n in [("Ant-v4", 27), ("Ant-v5", 27), ("Humanoid-v4", 45), ("Humanoid-v5", 45), ("Hopper-v5", 11)]:
+        assert usbpo.make_env(env_id, 0).reset(seed=0)[0].shape == (n,)
+
+
+# --------------------------------------------------------------------------------------
+# The dynamics ensemble
+# --------------------------------------------------------------------------------------
+
+def test_ensemble_members_are_independent():
+    model = usbpo.GaussianEnsemble(4, 1, ensemble_size=7, hidden=32)
+    mean, logvar = model(torch.randn(7, 16, 5))
+    (mean[2].sum() + logvar[2].sum()).backward()
+    for layer in model.layers:
+        for p in (layer.weight, layer.bias):
+            others = torch.cat([p.grad[:2].flatten(), p.grad[3:].flatten()])
+            assert torch.count_nonzero(others) == 0 and torch.count_nonzero(p.grad[2]) > 0
+
+
+def test_ensemble_training_lowers_holdout_mse_and_picks_elites():
+    torch.manual_seed(0)
+    buffer, obs_dim, act_dim = random_transitions("Hopper-v4", 3000)
+    args = tiny_args("--model-max-epochs", "30")
+    model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 200)
+    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    model.fit_normaliser(inputs)
+    mse_before = model.mse(inputs, targets)
+    holdout, mse, epochs = usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, args)
+    assert len(holdout) == 600 and 1 <= epochs <= 30
+    assert torch.all(mse < 0.5 * mse_before), (mse, mse_before)
+    assert torch.allclose(mse, model.mse(inputs[holdout], targets[holdout]))
+    assert sorted(model.elites.tolist()) == sorted(torch.argsort(mse)[:5].tolist())
+
+
+def test_logvar_stays_within_bounds():
+    model = usbpo.GaussianEnsemble(4, 1, 3, 2, 32)
+    with torch.no_grad():
+        model.layers[-1].bias.fill_(100.0)
+        _, high = model(torch.randn(3, 64, 5) * 1e3)
+        model.layers[-1].bias.fill_(-100.0)
+        _, low = model(torch.randn(3, 64, 5) * 1e3)
+    # the two softplus bounds nest: min < logvar <= min + softplus(max - min), which is max + ~3e-5 here
+    assert torch.all(high <= model.min_logvar + torch.nn.functional.softplus(model.max_logvar - model.min_logvar))
+    assert torch.all(high > model.max_logvar - 1e-3) and torch.all(low >= model.min_logvar)
+
+
+def test_model_step_uses_elites_only():
+    model = usbpo.GaussianEnsemble(4, 1, 7, 2, 16)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.weight.zero_()
+        model.layers[-1].bias.copy_(torch.arange(7.0).view(7, 1, 1).expand(7, 1, 10))
+        model.max_logvar.fill_(-30.0), model.min_logvar.fill_(-40.0)  # (almost) noiseless
+    model.elites.copy_(torch.tensor([2, 5]))
+    for n in (1, 3, 1001):  # uneven shares and fewer rows than elites
+        rew, next_obs = model.step(torch.zeros(n, 4), torch.zeros(n, 1))
+        assert rew.shape == (n,) and next_obs.shape == (n, 4)
+        assert set(rew.round().tolist()) <= {2.0, 5.0}
+    assert set(rew.round().tolist()) == {2.0, 5.0}
+
+
+# --------------------------------------------------------------------------------------
+# The USB fine-tune
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_pair():
+    """M1 trained on early real data, M2 = M1 retrained on more, and a model buffer from M1."""
+    torch.manual_seed(1)
+    buffer, obs_dim, act_dim = random_transitions("Hopper-v4", 2000)
+    args = tiny_args("--model-max-epochs", "10", "--finetune-steps", "30")
+    model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 64)
+    optim = torch.optim.Adam(model.parameters(), 1e-3)
+    early = buffer.rows()[:1000]
+    usbpo.train_ensemble(model, optim, *usbpo.model_data(buffer, early), args)
+    prev = copy.deepcopy(model).requires_grad_(False)
+    model_inputs = torch.cat(usbpo.model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(1000, obs_dim + act_dim)
+    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    holdout, _, _ = usbpo.train_ensemble(model, optim, inputs, targets, args)
+    return model, prev, model_inputs, inputs[holdout][:1024], args
+
+
+def test_finetune_never_worsens_validation_objective(trained_pair):
+    model, prev, model_inputs, val, args = trained_pair
+    model = copy.deepcopy(model)
+    stats = usbpo.usb_finetune(model, prev, model_inputs, val, args)
+    assert stats["objective_after"] <= stats["objective_before"]
+    assert stats["finetune_steps"] > 0, "on this data the fine-tune should find an improvement"
+    check, shift, bias = usbpo.usb_objective(model, prev, val, 1.0, 1.0)
+    assert check.item() == pytest.approx(stats["objective_after"], rel=1e-5)
+    assert shift.item() == pytest.approx(stats["shift_after"], rel=1e-5)
+
+
+def test_finetune_with_zero_coefficients_changes_nothing(trained_pair):
+    model, prev, model_inputs, val, args = trained_pair
+    model = copy.deepcopy(model)
+    before = copy.deepcopy(model.state_dict())
+    args = copy.copy(args)
+    args.shift_coef = args.bias_coef = 0.0
+    stats = usbpo.usb_finetune(model, prev, model_inputs, val, args)
+    assert stats["finetune_steps"] == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_shift_zero_when_models_equal_and_gradients_reach_m2_only(trained_pair):
+    model, _, _, val, _ = trained_pair
+    model = copy.deepcopy(model)
+    twin = copy.deepcopy(model).requires_grad_(False)
+    loss, shift, bias = usbpo.usb_objective(model, twin, val, 1.0, 1.0)
+    assert shift.item() == 0.0 and bias.item() > 0.0
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.layers[0].weight.grad.abs().sum() > 0
+    # with the shift term alone, M2 is pulled towards M1: one step from a perturbed M2 lowers it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    shift_before = usbpo.usb_objective(model, twin, val, 1.0, 0.0)[1]
+    optim = torch.optim.SGD(model.parameters(), lr=1e-3)
+    optim.zero_grad()
+    usbpo.usb_objective(model, twin, val, 1.0, 0.0)[0].backward()
+    optim.step()
+    assert usbpo.usb_objective(model, twin, val, 1.0, 0.0)[1] < shift_before
+
+
+def test_model_bias_excludes_self_pairs():
+    mean, std = torch.randn(3, 10, 4), torch.rand(3, 10, 4) + 0.1
+    pairs = [usbpo.w2_gaussian(mean[i], std[i], mean[j], std[j]).mean() for i in range(3) for j in range(3) if i != j]
+    assert usbpo.model_bias(mean, std).item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Rollouts and the model buffer
+# --------------------------------------------------------------------------------------
+
+def test_rollout_length_schedule():
+    schedule = (20, 150, 1, 15)
+    assert [usbpo.rollout_length(e, schedule) for e in (0, 20, 85, 149, 150, 400)] == [1, 1, 8, 14, 15, 15]
+    assert usbpo.rollout_length(7, (1, 15, 1, 1)) == 1
+
+
+def test_terminated_rollouts_stop():
+    torch.manual_seed(0)
+    model = usbpo.GaussianEnsemble(4, 1, 7, 5, 16)
+    actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
+    start = torch.randn(1000, 4)
+    alive = []
+
+    def half_fn(obs, act, next_obs):  # ends every other rollout at each step
+        alive.append(len(obs))
+        return torch.arange(len(obs)) % 2 == 0
+
+    buffer = usbpo.ReplayBuffer(10_000, 4, 1, "cpu")
+    usbpo.rollout(model, actor, half_fn, start, 4, buffer)
+    assert alive == [1000, 500, 250, 125] and buffer.size == 1875
+    terminated = buffer.split(buffer.rows())[4]
+    assert terminated.sum().item() == 500 + 250 + 125 + 63
+    alive.clear()
+    everything = lambda obs, act, next_obs: torch.ones(len(obs), dtype=torch.bool)
+    buffer = usbpo.ReplayBuffer(10_000, 4, 1, "cpu")
+    usbpo.rollout(model, actor, everything, start, 5, buffer)
+    assert buffer.size == 1000
+
+
+def test_model_buffer_sized_and_filled_as_mbpo():
+    torch.manual_seed(0)
+    args = tiny_args("--rollout-schedule", "0", "2", "1", "3", "--rollout-batch-size", "400", "--retain-epochs", "2",
+                     env_id="HalfCheetah-v4")  # never terminates: every rollout runs k steps
+    real, obs_dim, act_dim = random_transitions("HalfCheetah-v4", 500)
+    agent = usbpo.SAC(obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), args)
+    model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 32)
+    optim = torch.optim.Adam(model.parameters(), 1e-3)
+    model_buffer = usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu")
+    done_fn = usbpo.termination_fn(args.env_id)
+    for epoch, k in [(0, 1), (1, 2), (2, 3), (2, 3), (2, 3)]:
+        size_before = model_buffer.size
+        stats = usbpo.train_model(agent, model, optim, real, model_buffer, done_fn, args, epoch)
+        capacity = 2 * 400 * (250 // 250) * k  # retain_epochs * rollout_batch * rollouts per epoch * k
+        assert stats["rollout_length"] == k and model_buffer.capacity == capacity
+        assert model_buffer.size == min(capacity, min(size_before, capacity) + 400 * k)
+        assert ("finetune_steps" in stats) == (size_before > 0)
+
+
+def test_replay_buffer_keeps_newest_rows_on_resize():
+    buffer = usbpo.ReplayBuffer(5, 1, 1, "cpu")
+    buffer.add(torch.arange(7.0)[:, None].expand(7, 5))
+    assert buffer.rows()[:, 0].tolist() == [2, 3, 4, 5, 6]
+    buffer.resize(3)
+    assert buffer.rows()[:, 0].tolist() == [4, 5, 6]
+    buffer.resize(6)
+    buffer.add(torch.full((1, 5), 7.0))
+    assert buffer.rows()[:, 0].tolist() == [4, 5, 6, 7] and buffer.capacity == 6
+
+
+# --------------------------------------------------------------------------------------
+# SAC
+# --------------------------------------------------------------------------------------
+
+def test_termination_cuts_bootstrap():
+    torch.manual_seed(0)
+    args = tiny_args()
+    batch = [torch.randn(64, 4), torch.rand(64, 1) * 6 - 3, torch.randn(64), torch.randn(64, 4)]
+    losses = {}
+    for term in (0.0, 1.0):
+        for shift in (0.0, 5.0):
+            agent = usbpo.SAC(4, 1, np.array([-3.0]), np.array([3.0]), args)
+            agent.load_state_dict(usbpo.SAC(4, 1, np.array([-3.0]), np.array([3.0]), args).state_dict())
+            torch.manual_seed(1)  # same policy noise in every case
+            obs, act, rew, next_obs = batch
+            losses[term, shift] = agent.update(obs, act, rew, next_obs + shift, torch.full((64,), term))["qf_loss"]
+    assert losses[1.0, 0.0] == losses[1.0, 5.0], "a terminated transition must not bootstrap from s'"
+    assert losses[0.0, 0.0] != losses[0.0, 5.0]
+
+
+def test_actor_log_prob_matches_torch_distributions():
+    from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+    torch.manual_seed(0)
+    actor = usbpo.Actor(3, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0])).double()
+    obs = torch.randn(500, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    act, log_prob = actor(obs)
+    assert torch.all(act.abs() <= torch.tensor([2.0, 1.0], dtype=torch.float64))
+    mean, log_std = actor.net(obs).chunk(2, dim=-1)
+    torch.manual_seed(1)
+    u = mean + torch.randn_like(mean) * log_std.clamp(usbpo.LOG_STD_MIN, usbpo.LOG_STD_MAX).exp()
+    dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(actor.act_bias, actor.act_scale)])
+    reference = dist.log_prob(torch.tanh(u) * actor.act_scale + actor.act_bias).sum(-1)
+    keep = u.abs().max(-1).values < 3  # where atanh inside torch.distributions is still accurate
+    assert keep.sum() > 400
+    assert torch.allclose(log_prob[keep], reference[keep], rtol=1e-6, atol=1e-6)
+
+
+def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
+    """HalfCheetah is truncated at 1000 steps and never terminated: the stored flags must all be 0."""
+    argv = ["--env-id", "HalfCheetah-v4", "--total-timesteps", "1250", "--learning-starts", "1000",
+            "--epoch-length", "250", "--model-train-freq", "250", "--rollout-batch-size", "200",
+            "--updates-per-step", "1", "--eval-episodes", "1", "--model-max-epochs", "2", "--finetune-steps", "3",
+            "--checkpoint-every", "1", "--no-progress", "--runs-dir", str(tmp_path)]
+    calls = []
+    real_evaluate = usbpo.evaluate
+
+    def crash_in_epoch_4(*a):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # a kill after the checkpoint of step 1000
+        return real_evaluate(*a)
+
+    monkeypatch.setattr(usbpo, "evaluate", crash_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        usbpo.main(argv)
+    run_dir = glob.glob(str(tmp_path / "*"))[0]
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    assert ckpt["global_step"] == 1000
+    assert ckpt["real_buffer"].shape[0] == 1000 and torch.all(ckpt["real_buffer"][:, -1] == 0)
+    monkeypatch.setattr(usbpo, "evaluate", real_evaluate)
+    usbpo.main(["--resume", run_dir])
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["env_steps"]) for r in rows] == [250, 500, 750, 1000, 1250]
+
+
+# --------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------
+
+def test_end_to_end_run_writes_every_output(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    args = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "750", "--learning-starts", "250",
+            "--rollout-batch-size", "500", "--updates-per-step", "2", "--eval-episodes", "2",
+            "--model-max-epochs", "5", "--finetune-steps", "10", "--save-model", "--no-progress", "--runs-dir", str(tmp_path)]
+    run_dir = usbpo.main(args)
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["env_steps"]) for r in rows] == [250, 500, 750]
+    assert set(usbpo.CSV_FIELDS) <= set(rows[0])
+    assert rows[0]["finetune_steps"] == "nan"  # first model training: the model buffer is still empty
+    for r in rows[1:]:  # later trainings go through phase 2
+        for key in ["holdout_mse_phase1", "holdout_mse_phase2", "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps"]:
+            assert math.isfinite(float(r[key])), key
+        assert float(r["shift_before"]) > 0 and int(float(r["rollout_length"])) == 1
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ["charts/episodic_return", "charts/SPS", "charts/eval_return", "losses/qf_loss", "losses/actor_loss",
+                "losses/alpha", "model/holdout_mse_phase1", "model/shift_after", "model/finetune_steps"]:
+        assert tag in tags, tag
+    saved = torch.load(os.path.join(run_dir, "model.pt"))
+    actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
+    actor.load_state_dict(saved["actor"])
+    assert set(saved) >= {"actor", "qf", "ensemble", "args"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env-id", "CartPole-v1"], "unsupported environment"),
+    (["--env-id", "Hopper-v3"], "unsupported environment"),
+    (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+    (["--total-timesteps", "1000", "--learning-starts", "5000"], "beyond --total-timesteps"),
+    (["--num-elites", "9"], "cannot exceed"),
+    (["--real-ratio", "1.5"], "--real-ratio"),
+    (["--seed", "abc"], "invalid int value"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+])
+def test_bad_input_gives_one_line_error(argv, message):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "usbpo.py"), *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_learns_inverted_pendulum(tmp_path):
+    """A real task learnt end to end: the deterministic policy balances the pendulum."""
+    run_dir = usbpo.main(["--env-id", "InvertedPendulum-v4", "--seed", "1", "--total-timesteps", "3000",
+                          "--rollout-batch-size", "10000", "--eval-episodes", "5", "--no-progress", "--runs-dir", str(tmp_path)])
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
+    assert max(returns) >= 900, returns
