@@ -1,0 +1,161 @@
+"""Speed benchmark of usbpo.py on the current device: python benchmarks/speed.py [--quick] [--peer PYTHON]
+
+Times the pieces of one USB-PO iteration at the Hopper preset (obs 11, act 3), then whole
+training-loop epochs through usbpo.main itself, and prints a table. With --peer, the same
+loop figure is measured for mbrl-lib's MBPO (benchmarks/peer_mbrl.py, run by the given
+Python, e.g. /tmp/venv-mbrl/bin/python) in the same run, and the ratio is printed.
+
+Figures:
+  sac_update         one SAC update, batch 256 (twin critics, actor, temperature, target)
+  sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers
+  model_epoch_N      one maximum-likelihood epoch of the 7-member ensemble on N transitions
+  finetune_step      one USB fine-tune step (batch 1024) with its validation pass
+  rollout_step_100k  one model step of 100,000 rollouts (policy, one elite per sample, termination)
+  loop_<env>         seconds per 1000 env steps of usbpo.main, the first 1000 steps after learning starts
+  loop_<env>_50k     the same with 50,000 real transitions in the buffer
+"""
+import argparse
+import csv
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import usbpo  # noqa: E402
+
+
+def timeit(fn, repeat, warmup=3):
+    """Median wall time of fn() in seconds over `repeat` calls (after warm-up); syncs CUDA."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def sac_flops(obs_dim, act_dim, batch=256, hidden=256):
+    """Multiply-adds of one SAC update, counting a backward pass as twice its forward (weights + inputs)."""
+    actor = obs_dim * hidden + hidden * hidden + hidden * 2 * act_dim
+    critic = 2 * ((obs_dim + act_dim) * hidden + hidden * hidden + hidden)
+    target = actor + critic                 # next action, target critics
+    q_loss = critic + 2 * critic            # forward, backward
+    actor_loss = actor + critic + critic + 2 * actor  # forward through both, input-grads through the critics
+    return 2 * batch * (target + q_loss + actor_loss)  # FLOPs
+
+
+def matmul_peak(n=1024, repeat=20):
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    return 2 * n ** 3 / timeit(lambda: a @ b, repeat)
+
+
+def components(quick):
+    args = usbpo.parse_args(["--env-id", "Hopper-v4", "--device", str(DEVICE)])
+    obs_dim, act_dim = 11, 3
+    agent = usbpo.SAC(obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), args).to(DEVICE)
+    width = 2 * obs_dim + act_dim + 2
+    real = usbpo.ReplayBuffer(50_000, obs_dim, act_dim, DEVICE)
+    real.add(torch.randn(50_000, width, device=DEVICE))
+    model_buffer = usbpo.ReplayBuffer(400_000, obs_dim, act_dim, DEVICE)
+    model_buffer.add(torch.randn(400_000, width, device=DEVICE))
+    batch = real.split(torch.randn(256, width, device=DEVICE))
+    out = {"sac_update": timeit(lambda: agent.update(*batch), 30 if quick else 200)}
+
+    def env_step():
+        for rows in usbpo.sample_batches(real, model_buffer, 20, 256, 0.05):
+            agent.update(*real.split(rows))
+    out["sac_env_step"] = timeit(env_step, 5 if quick else 20)
+
+    model = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    for n in (5_000,) if quick else (5_000, 50_000):
+        x, y = usbpo.model_data(real, real.data[:n])
+        one_epoch = argparse.Namespace(**{**vars(args), "model_max_epochs": 1})
+        out[f"model_epoch_{n // 1000}k"] = timeit(lambda: usbpo.train_ensemble(model, optim, x, y, one_epoch), 2, warmup=1)
+
+    prev = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE).requires_grad_(False)
+    x_model, x_val = model_buffer.data[:100_000, :obs_dim + act_dim], real.data[:1024, :obs_dim + act_dim]
+    ft_optim = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def finetune_step():
+        x = x_model[torch.randint(len(x_model), (1024,), device=DEVICE)]
+        loss = usbpo.usb_objective(model, prev, x, 1.0, 1.0)[0]
+        ft_optim.zero_grad()
+        loss.backward()
+        ft_optim.step()
+        usbpo.usb_objective(model, prev, x_val, 1.0, 1.0)[0].item()
+    out["finetune_step"] = timeit(finetune_step, 10 if quick else 30)
+
+    done_fn = usbpo.termination_fn("Hopper-v4")
+    start = real.data[:100_000 if len(real.data) >= 100_000 else 50_000, :obs_dim].repeat(2, 1)[:100_000]
+    sink = usbpo.ReplayBuffer(100_000, obs_dim, act_dim, DEVICE)
+    out["rollout_step_100k"] = timeit(lambda: usbpo.rollout(model, agent.actor, done_fn, start, 1, sink), 3 if quick else 10)
+    return out
+
+
+def loop_seconds_per_1000(env_id, learning_starts, extra=()):
+    """Seconds per 1000 env steps of usbpo.main over the epoch right after learning starts (eval excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        usbpo.main(["--env-id", env_id, "--learning-starts", str(learning_starts), "--total-timesteps",
+                    str(learning_starts + 1000), "--epoch-length", "1000", "--eval-episodes", "1", "--no-progress",
+                    "--checkpoint-every", "0", "--device", str(DEVICE), "--runs-dir", tmp, *extra])
+        with open(glob.glob(os.path.join(tmp, "*", "progress.csv"))[0]) as f:
+            rows = list(csv.DictReader(f))
+    return 1000.0 / float(rows[-1]["sps"])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="components only, fewer repeats")
+    p.add_argument("--envs", nargs="*", default=["Hopper-v4", "Walker2d-v4"], help="presets for the whole-loop figures")
+    p.add_argument("--with-50k", action="store_true", help="also time the loop with 50k real transitions (slow on CPU)")
+    p.add_argument("--peer", default=None, help="Python of a venv with mbrl-lib: also time its MBPO at the Hopper preset")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"device {DEVICE} ({torch.cuda.get_device_name() if DEVICE.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), torch {torch.__version__}")
+
+    peak = matmul_peak()
+    flops = sac_flops(11, 3)
+    results = components(args.quick)
+    if not args.quick:
+        for env_id in args.envs:
+            results[f"loop_{env_id}"] = loop_seconds_per_1000(env_id, 5000)
+            if args.with_50k:
+                results[f"loop_{env_id}_50k"] = loop_seconds_per_1000(env_id, 50_000)
+
+    print(f"\n{'figure':<24}{'time':>14}")
+    for name, seconds in results.items():
+        unit = f"{seconds:10.2f} s  " if name.startswith("loop") else f"{seconds * 1e3:10.3f} ms "
+        print(f"{name:<24}{unit}" + ("  per 1000 env steps" if name.startswith("loop") else ""))
+    floor = flops / peak
+    print(f"\nSAC update: {flops / 1e6:.0f} MFLOP; this device's 1024^3 matmul runs at {peak / 1e9:.0f} GFLOP/s,"
+          f" so the arithmetic floor is {floor * 1e3:.2f} ms; measured {results['sac_update'] * 1e3:.2f} ms"
+          f" ({results['sac_update'] / floor:.2f}x the floor)")
+    if args.peer:
+        cmd = [args.peer, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_mbrl.py"), "--total-steps", "6000"]
+        peer = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in peer.stdout.splitlines() if "s per 1000 env steps" in ln]
+        print(line[-1] if line else f"peer failed:\n{peer.stdout[-2000:]}\n{peer.stderr[-2000:]}")
+        if line and "loop_Hopper-v4" in results:
+            peer_seconds = float(line[-1].split(":")[1].split("s per")[0])
+            print(f"usbpo / mbrl-lib time per 1000 Hopper steps: {results['loop_Hopper-v4']:.1f} / {peer_seconds:.1f}"
+                  f" = {results['loop_Hopper-v4'] / peer_seconds:.2f}")
+
+
+if __name__ == "__main__":
+    main()
