@@ -102,6 +102,7 @@ def build_parser():
     a("--tau", type=float, default=5e-3, help="target network smoothing")
     a("--lr", type=float, default=3e-4, help="Adam learning rate of actor, critics and temperature")
     a("--target-entropy", type=float, help="entropy target of the automatic temperature [preset]")
+    a("--compile", action="store_true", help="torch.compile the SAC update (pays off on GPU; on CPU the matmuls dominate)")
     # run management
     a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
     a("--checkpoint-every", type=int, default=5, help="epochs between resumable checkpoints (0: never)")
@@ -400,8 +401,9 @@ def train_ensemble(model, optimizer, inputs, targets, args):
     Each member sees its own bootstrap of the training split, reshuffled every epoch. A member's
     weights are snapshot when its holdout MSE improves by more than 1% relative; training stops
     after `model_patience` epochs in which no member improved; each member gets its best weights
-    back, and the elites are the members with the lowest holdout MSE.
-    Returns the holdout split (for the fine-tune's validation set) and the per-member MSE.
+    back (the warm-start weights are the first snapshot, so a member never ends worse than it
+    started), and the elites are the members with the lowest holdout MSE.
+    Returns the holdout split (for the fine-tune's validation set), the per-member MSE and the epochs run.
     """
     n = len(inputs)
     n_holdout = min(int(n * args.holdout_ratio), args.max_holdout)
@@ -438,9 +440,8 @@ def train_ensemble(model, optimizer, inputs, targets, args):
     with torch.no_grad():
         for best, p in zip(best_params, member_params):
             p.copy_(best)
-    mse = model.mse(inputs[holdout], targets[holdout])
-    pick_elites(model, mse)
-    return holdout, mse, epoch
+    pick_elites(model, best_mse)
+    return holdout, best_mse, epoch
 
 
 def pick_elites(model, holdout_mse):
@@ -740,6 +741,7 @@ def main(argv=None):
     real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
+    sac_update = torch.compile(agent.update) if args.compile else agent.update
     start_step, model_stats = 1, {}
     if resume is not None:
         agent.load_state_dict(resume["agent"])
@@ -799,7 +801,7 @@ def main(argv=None):
             if args.updates_per_step > 0:
                 batches = sample_batches(real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio)
                 for rows in batches:
-                    losses = agent.update(*real_buffer.split(rows))
+                    losses = sac_update(*real_buffer.split(rows))
         bar.update(1)
 
         # --- end of epoch: evaluate, log, checkpoint

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The runs behind results/: USB-PO and its own --no-finetune (plain MBPO), same seeds and budget.
+# Two lanes, one process per core (OMP_NUM_THREADS=1); each finished run's progress.csv is copied to
+# results/<env>/<variant>_seed<seed>.csv.   Usage: bash results/run_evidence.sh ENV_ID STEPS SEED...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+env_id=$1; steps=$2; shift 2
+mkdir -p "results/$env_id" runs/evidence
+run() {  # variant seed
+  local flag=""; [ "$1" = mbpo ] && flag="--no-finetune"
+  OMP_NUM_THREADS=1 .venv/bin/python usbpo.py --env-id "$env_id" --seed "$2" --total-timesteps "$steps" $flag \
+    --no-progress --runs-dir "runs/evidence/$1_$2" > "runs/evidence/$env_id-$1_$2.log" 2>&1
+  cp runs/evidence/$1_$2/*/progress.csv "results/$env_id/$1_seed$2.csv"
+}
+for seed in "$@"; do run usbpo "$seed"; done &
+for seed in "$@"; do run mbpo "$seed"; done &
+wait
