@@ -439,7 +439,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert set(usbpo.CSV_FIELDS) <= set(rows[0])
     assert rows[0]["finetune_steps"] == "nan"  # first model training: the model buffer is still empty
     for r in rows[1:]:  # later trainings go through phase 2
-        for key in ["holdout_mse_phase1", "holdout_mse_phase2", "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps"]:
+        for key in ["holdout_mse_phase1", "holdout_mse_phase2", "holdout_nll_phase1", "holdout_nll_phase2", "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps"]:
             assert math.isfinite(float(r[key])), key
         assert float(r["shift_before"]) > 0 and int(float(r["rollout_length"])) == 1
     events = EventAccumulator(run_dir)

@@ -371,6 +371,12 @@ class GaussianEnsemble(nn.Module):
         return (mean - y).square().mean(dim=(1, 2))
 
     @torch.no_grad()
+    def nll(self, x, y):
+        """Per-member Gaussian negative log-likelihood (nats per dimension) on a shared batch -> [E]."""
+        mean, logvar = self(x.expand(self.ensemble_size, *x.shape))
+        return 0.5 * ((mean - y).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
+
+    @torch.no_grad()
     def step(self, obs, act):
         """Sample (reward, next_obs) for a batch, each sample from one elite.
 
@@ -677,14 +683,17 @@ def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, a
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
     inputs, targets = model_data(real_buffer, real_buffer.data[:real_buffer.size])
     holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args)
-    stats = dict(model_epochs=model_epochs, holdout_mse_phase1=mse[model.elites].mean().item())
+    holdout_x, holdout_y = inputs[holdout], targets[holdout]
+    stats = dict(model_epochs=model_epochs, holdout_mse_phase1=mse[model.elites].mean().item(),
+                 holdout_nll_phase1=model.nll(holdout_x, holdout_y)[model.elites].mean().item())
     if not args.no_finetune and model_buffer.size > 0:
         val_inputs = inputs[holdout[torch.randperm(len(holdout), device=device)[:1024]]]
         model_inputs = model_buffer.data[:model_buffer.size, :inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args))
-        mse = model.mse(inputs[holdout], targets[holdout])
+        mse = model.mse(holdout_x, holdout_y)
         pick_elites(model, mse)
     stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
+    stats["holdout_nll_phase2"] = model.nll(holdout_x, holdout_y)[model.elites].mean().item()
 
     k = rollout_length(epoch, args.rollout_schedule)
     model_buffer.resize(model_buffer_capacity(args, k))
@@ -695,6 +704,7 @@ def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, a
 
 
 CSV_FIELDS = ["env_steps", "epoch", "eval_return", "train_return", "holdout_mse_phase1", "holdout_mse_phase2",
+              "holdout_nll_phase1", "holdout_nll_phase2",
               "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps", "rollout_length",
               "model_epochs", "sps", "wall_time"]
 

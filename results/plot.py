@@ -1,0 +1,113 @@
+"""Figures and tables from the runs' CSVs: python results/plot.py  (needs matplotlib)
+
+Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
+    results/<env>.png              eval return vs env steps, mean and min-max band over seeds
+    results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
+and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds).
+"""
+import csv
+import glob
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = {"usbpo": ("USB-PO", "tab:red"), "mbpo": ("MBPO (--no-finetune)", "tab:blue")}
+
+
+def load(env_dir):
+    """{variant: {seed: {column: np.array}}} for the CSVs of one env."""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(env_dir, "*_seed*.csv"))):
+        variant, seed = os.path.basename(path)[:-4].split("_seed")
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        runs.setdefault(variant, {})[int(seed)] = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+    return runs
+
+
+def curve(seeds, column="eval_return"):
+    """Steps common to all seeds and the [seed, step] matrix of a column."""
+    n = min(len(run["env_steps"]) for run in seeds.values())
+    steps = next(iter(seeds.values()))["env_steps"][:n]
+    return steps, np.stack([run[column][:n] for run in seeds.values()])
+
+
+def plot_returns(env, runs):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, seeds in runs.items():
+        label, color = VARIANTS.get(variant, (variant, None))
+        steps, values = curve(seeds)
+        ax.plot(steps, values.mean(0), color=color, label=f"{label}, {len(seeds)} seeds")
+        ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
+    ax.set(xlabel="environment steps", ylabel="eval return (deterministic policy)", title=env)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, f"{env}.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_finetune(env, seeds):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for seed, run in seeds.items():
+        steps = run["env_steps"]
+        for ax, term in zip(axes[:2], ["shift", "bias"]):
+            line, = ax.plot(steps, run[f"{term}_before"], alpha=0.8, label=f"seed {seed} before")
+            ax.plot(steps, run[f"{term}_after"], "--", color=line.get_color(), alpha=0.8, label=f"seed {seed} after")
+        axes[2].plot(steps, run["finetune_steps"], "o-", ms=3, alpha=0.8, label=f"seed {seed}")
+    axes[0].set(title="model shift W2(p_M1, p_M2) on validation", xlabel="environment steps")
+    axes[1].set(title="model bias W2(p_M2, p_M*) on validation", xlabel="environment steps")
+    axes[2].set(title="fine-tune steps kept (0 = MLE model kept)", xlabel="environment steps")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{env}: USB-PO fine-tune diagnostics (last model training of each epoch)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, f"{env}_finetune.png"), dpi=120)
+    plt.close(fig)
+
+
+def table(env, runs, points):
+    print(f"\n{env}: eval return at fixed env steps (mean +- std over seeds)\n")
+    print("| variant | seeds | " + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points) + " |")
+    print("|---|---|" + "---|" * len(points))
+    for variant, seeds in runs.items():
+        steps, values = curve(seeds)
+        cells = []
+        for p in points:
+            hit = np.nonzero(steps == p)[0]
+            cells.append(f"{values[:, hit[0]].mean():.0f} +- {values[:, hit[0]].std():.0f}" if len(hit) else "-")
+        print(f"| {VARIANTS.get(variant, (variant,))[0]} | {len(seeds)} | " + " | ".join(cells) + " |")
+    for variant, seeds in runs.items():
+        solved = []
+        for seed, run in sorted(seeds.items()):
+            hit = np.nonzero(run["eval_return"] >= 1000 * 0.999)[0] if "Pendulum" in env else []
+            solved.append(f"seed {seed}: {int(run['env_steps'][hit[0]]) if len(hit) else 'not'}")
+        if "Pendulum" in env:
+            print(f"\n{VARIANTS.get(variant, (variant,))[0]}: first eval of return 1000 at " + ", ".join(solved))
+
+
+def main():
+    envs = sorted(d for d in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, d)) and glob.glob(os.path.join(HERE, d, "*.csv")))
+    if not envs:
+        sys.exit("no results/<env>/*.csv yet: run results/run_evidence.sh first")
+    for env in envs:
+        runs = load(os.path.join(HERE, env))
+        plot_returns(env, runs)
+        if "usbpo" in runs:
+            plot_finetune(env, runs["usbpo"])
+        last = min(curve(seeds)[0][-1] for seeds in runs.values())
+        step = 1000 if last <= 20_000 else 10_000
+        table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)])
+        print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if "usbpo" in runs else ""))
+
+
+if __name__ == "__main__":
+    main()
