@@ -803,7 +803,7 @@ def main(argv=None):
 
         # --- model training, fine-tune and rollouts; then the SAC updates on mixed data
         if global_step >= args.learning_starts:
-            epoch = (global_step - args.learning_starts) // args.epoch_length
+            epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase, as MBPO
             if global_step % args.model_train_freq == 0:
                 model_stats = train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch)
                 for key, value in model_stats.items():
