@@ -433,10 +433,9 @@ def train_ensemble(model, optimizer, inputs, targets, args):
         epoch += 1
         mse = model.mse(inputs[holdout], targets[holdout])
         improved = (best_mse - mse) / best_mse > 0.01
-        if improved.any():
-            mask = improved.view(E, 1, 1)
+        if improved.any():  # snapshot the improved members only
             for best, p in zip(best_params, member_params):
-                best.copy_(torch.where(mask, p.detach(), best))
+                best[improved] = p.detach()[improved]
             best_mse = torch.where(improved, mse, best_mse)
             epochs_since_update = 0
         else:

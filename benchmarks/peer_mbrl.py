@@ -50,6 +50,7 @@ import mbrl.util.common
 from mbrl.third_party.pytorch_sac_pranz24.sac import SAC
 
 CONF_DIR = os.path.join(os.path.dirname(mbrl.__file__), "examples", "conf")
+EPOCH_LENGTH = 1000
 TERM_FNS = {"Hopper": "hopper", "Walker2d": "walker2d", "Ant": "ant", "Humanoid": "humanoid",
             "HalfCheetah": "no_termination"}
 
@@ -58,15 +59,18 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env-id", default="Hopper-v4", help="gymnasium MuJoCo task (settings stay the Hopper preset)")
-    p.add_argument("--total-steps", type=int, default=7000, help="env steps in all, random ones included")
+    p.add_argument("--total-steps", type=int, default=7000,
+                   help=f"env steps in all, random ones included (learning steps: a multiple of {EPOCH_LENGTH})")
     p.add_argument("--learning-starts", type=int, default=5000, help="uniform random steps before learning")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--eval-episodes", type=int, default=1, help="episodes of mbrl's end-of-epoch evaluation (not timed)")
     p.add_argument("--work-dir", default=None, help="where mbrl saves model, buffer and logs (default: a temp dir)")
     args = p.parse_args()
-    if args.total_steps <= args.learning_starts:
-        p.error("--total-steps must exceed --learning-starts")
+    learning_steps = args.total_steps - args.learning_starts
+    if learning_steps <= 0 or learning_steps % EPOCH_LENGTH:
+        # mbrl's train() checks num_steps only between epochs, so it always runs whole epochs
+        p.error(f"--total-steps minus --learning-starts must be a positive multiple of {EPOCH_LENGTH}")
     return args
 
 
@@ -101,7 +105,7 @@ def build_config(args, env):
     cfg.overrides.merge_with({
         "env": "gym___" + args.env_id,
         "num_steps": args.total_steps - args.learning_starts,  # train()'s loop counts learning steps only
-        "epoch_length": 1000,
+        "epoch_length": EPOCH_LENGTH,
         "num_elites": 5,
         "patience": 5,
         "model_lr": 1e-3,
