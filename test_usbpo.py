@@ -376,6 +376,89 @@ def test_compiled_update_matches_eager(monkeypatch):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
 
 
+def plain_sac_update(actor, q1, q2, q1_t, q2_t, log_alpha, optims, batch, args):
+    """Textbook SAC step: two separate critics, requires_grad toggling, unfused Adam, a loop for the targets."""
+    obs, act, rew, next_obs, terminated = batch
+    alpha = log_alpha.exp().detach()
+    with torch.no_grad():
+        next_act, next_log_prob = actor(next_obs)
+        x = torch.cat([next_obs, next_act], -1)
+        next_q = torch.min(q1_t(x), q2_t(x)).squeeze(-1) - alpha * next_log_prob
+        target_q = rew + args.gamma * (1.0 - terminated) * next_q
+    x = torch.cat([obs, act], -1)
+    qf_loss = ((q1(x).squeeze(-1) - target_q) ** 2).mean() + ((q2(x).squeeze(-1) - target_q) ** 2).mean()
+    optims["q"].zero_grad()
+    qf_loss.backward()
+    optims["q"].step()
+    for p in [*q1.parameters(), *q2.parameters()]:
+        p.requires_grad_(False)
+    new_act, log_prob = actor(obs)
+    x = torch.cat([obs, new_act], -1)
+    actor_loss = (alpha * log_prob - torch.min(q1(x), q2(x)).squeeze(-1)).mean()
+    optims["actor"].zero_grad()
+    actor_loss.backward()
+    optims["actor"].step()
+    for p in [*q1.parameters(), *q2.parameters()]:
+        p.requires_grad_(True)
+    alpha_loss = -(log_alpha * (log_prob.detach() + args.target_entropy)).mean()
+    optims["alpha"].zero_grad()
+    alpha_loss.backward()
+    optims["alpha"].step()
+    with torch.no_grad():
+        for net, target in ((q1, q1_t), (q2, q2_t)):
+            for p, p_t in zip(net.parameters(), target.parameters()):
+                p_t.mul_(1 - args.tau).add_(args.tau * p)
+    return dict(qf_loss=qf_loss, actor_loss=actor_loss, alpha_loss=alpha_loss)
+
+
+def test_optimised_update_matches_plain_sac():
+    """The batched twin critic, fused Adam, backward(inputs=...) and foreach target update change nothing:
+    a textbook SAC with the same weights gives the same losses and weights over several updates."""
+    args = tiny_args()
+    torch.manual_seed(0)
+    agent = usbpo.SAC(4, 1, np.array([-3.0]), np.array([3.0]), args)
+
+    def member(twin, i):  # member i of a TwinQ as an ordinary nn.Sequential
+        linears = [torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[2]) for layer in twin.layers]
+        for lin, layer in zip(linears, twin.layers):
+            lin.weight.data.copy_(layer.weight[i].T)
+            lin.bias.data.copy_(layer.bias[i, 0])
+        return torch.nn.Sequential(linears[0], torch.nn.ReLU(), linears[1], torch.nn.ReLU(), linears[2])
+    actor = copy.deepcopy(agent.actor)
+    q1, q2, q1_t, q2_t = member(agent.qf, 0), member(agent.qf, 1), member(agent.qf_target, 0), member(agent.qf_target, 1)
+    log_alpha = torch.nn.Parameter(torch.zeros(()))
+    optims = dict(q=torch.optim.Adam([*q1.parameters(), *q2.parameters()], lr=args.lr),
+                  actor=torch.optim.Adam(actor.parameters(), lr=args.lr), alpha=torch.optim.Adam([log_alpha], lr=args.lr))
+    for step in range(5):
+        batch = [torch.randn(256, 4), torch.rand(256, 1) * 6 - 3, torch.randn(256), torch.randn(256, 4),
+                 (torch.rand(256) < 0.1).float()]
+        torch.manual_seed(100 + step)
+        got = agent.update(*batch)
+        torch.manual_seed(100 + step)
+        expected = plain_sac_update(actor, q1, q2, q1_t, q2_t, log_alpha, optims, batch, args)
+        for key in expected:
+            assert torch.allclose(got[key], expected[key], rtol=1e-5, atol=1e-6), (step, key)
+    assert torch.allclose(agent.log_alpha, log_alpha)
+    for a, b in zip(agent.actor.parameters(), actor.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    for i, (net, target) in enumerate(((q1, q1_t), (q2, q2_t))):
+        for twin, plain in ((agent.qf, net), (agent.qf_target, target)):
+            for layer, lin in zip(twin.layers, plain[::2]):
+                assert torch.allclose(layer.weight[i].T, lin.weight, atol=1e-6)
+                assert torch.allclose(layer.bias[i, 0], lin.bias, atol=1e-6)
+
+
+def test_ensemble_linear_equals_one_linear_per_member():
+    """The baddbmm layer is E ordinary linear layers, with or without a per-sample member index."""
+    torch.manual_seed(0)
+    layer = usbpo.EnsembleLinear(7, 5, 3)
+    x = torch.randn(7, 10, 5)
+    expected = torch.stack([torch.nn.functional.linear(x[e], layer.weight[e].T, layer.bias[e, 0]) for e in range(7)])
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    members = torch.tensor([4, 0, 6])
+    assert torch.allclose(layer(x[members], members), expected[members], atol=1e-6)
+
+
 def test_actor_log_prob_matches_torch_distributions():
     from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
     torch.manual_seed(0)

@@ -20,6 +20,13 @@ mbrl-lib trains the model for the first time at the 250th learning step (MBPO do
 the first), and until then its SAC buffer is empty and almost no SAC update is made, so
 the first figure flatters it; the steady-state figure is the one to compare (last line).
 
+Differences from MBPO that come from mbrl-lib's code and are left as they are: one weight
+decay (5e-5) for every model layer instead of MBPO's per-layer values; fixed (not learned)
+log-variance bounds; no 5000-transition cap on the model holdout; the real-data ratio draws
+whole SAC batches from the real buffer with probability 0.05 instead of mixing each batch;
+the model and replay buffer are saved to --work-dir after every model training (timed, in
+model_save_and_data_prep).
+
 Install the peer in its own venv (pin torch exactly: an unpinned torch pulls a multi-GB
 CUDA build; pip warns that mbrl wants hydra-core 1.0.3 and omegaconf < 2.1, which is fine):
     python3 -m venv /tmp/venv-mbrl
@@ -200,18 +207,22 @@ class Timer:
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
 
     family = args.env_id.rpartition("-")[0]
     term_fn = getattr(termination_fns, TERM_FNS[family])
     env, test_env = gym.make(args.env_id), gym.make(args.env_id)
-    env.reset(seed=args.seed), env.action_space.seed(args.seed)
+    env.reset(seed=args.seed)
+    env.action_space.seed(args.seed)  # the random phase samples this space
     test_env.reset(seed=args.seed + 10_000)
 
     cfg = build_config(args, env)
     timer = Timer()
     timer.install()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="peer_mbrl_")
+    os.makedirs(work_dir, exist_ok=True)
     t_start = time.perf_counter()
     mbpo.train(env, test_env, term_fn, cfg, silent=True, work_dir=work_dir)
     timer.t_end = time.perf_counter()
