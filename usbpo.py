@@ -485,14 +485,22 @@ def model_bias(mean, std):
     return pairwise[off_diagonal].mean()
 
 
-def usb_objective(model, prev_model, x, shift_coef, bias_coef):
-    """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in]."""
-    x = x.expand(model.ensemble_size, *x.shape)
-    with torch.no_grad():
-        mean1, logvar1 = prev_model(x)
-    mean2, logvar2 = model(x)
-    std1, std2 = torch.exp(0.5 * logvar1), torch.exp(0.5 * logvar2)
-    shift, bias = model_shift(mean1, std1, mean2, std2), model_bias(mean2, std2)
+def predict(model, x):
+    """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each."""
+    mean, logvar = model(x.expand(model.ensemble_size, *x.shape))
+    return mean, torch.exp(0.5 * logvar)
+
+
+def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
+    """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in].
+
+    prev_pred: M1's (mean, std) on x when already known (M1 is frozen, so on a fixed batch it is computed once).
+    """
+    if prev_pred is None:
+        with torch.no_grad():
+            prev_pred = predict(prev_model, x)
+    mean2, std2 = predict(model, x)
+    shift, bias = model_shift(*prev_pred, mean2, std2), model_bias(mean2, std2)
     return shift_coef * shift + bias_coef * bias, shift, bias
 
 
@@ -502,13 +510,16 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args):
     The phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome.
     Returns the validation objective, shift and bias before and after, and the steps kept.
     """
+    with torch.no_grad():
+        val_prev = predict(prev_model, val_inputs)
+
     def validate():
         with torch.no_grad():
-            return [v.item() for v in usb_objective(model, prev_model, val_inputs, args.shift_coef, args.bias_coef)]
+            return [v.item() for v in usb_objective(model, prev_model, val_inputs, args.shift_coef, args.bias_coef, val_prev)]
 
     before = validate()
     best_loss, best_state, steps_kept, since_best = before[0], copy.deepcopy(model.state_dict()), 0, 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.finetune_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
     for step in range(1, args.finetune_steps + 1):
         x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
         loss, _, _ = usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef)

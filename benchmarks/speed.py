@@ -88,6 +88,8 @@ def components(quick):
     prev = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE).requires_grad_(False)
     x_model, x_val = model_buffer.data[:100_000, :obs_dim + act_dim], real.data[:1024, :obs_dim + act_dim]
     ft_optim = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        val_prev = usbpo.predict(prev, x_val)  # M1 is frozen: usb_finetune predicts the validation set once
 
     def finetune_step():
         x = x_model[torch.randint(len(x_model), (1024,), device=DEVICE)]
@@ -95,7 +97,7 @@ def components(quick):
         ft_optim.zero_grad()
         loss.backward()
         ft_optim.step()
-        usbpo.usb_objective(model, prev, x_val, 1.0, 1.0)[0].item()
+        usbpo.usb_objective(model, prev, x_val, 1.0, 1.0, val_prev)[0].item()
     out["finetune_step"] = timeit(finetune_step, 10 if quick else 30)
 
     done_fn = usbpo.termination_fn("Hopper-v4")
