@@ -17,6 +17,7 @@ Figures:
 import argparse
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -107,15 +108,57 @@ def components(quick):
     return out
 
 
+class PhaseTimer:
+    """Wall time spent in usbpo's phases, by wrapping the module's functions while usbpo.main runs.
+
+    Only calls that start after the first model training has returned are counted (that training, from
+    scratch on the random-phase data, belongs to the epoch before the one timed). On CUDA the phases are
+    synchronised at their ends, so the split is exact but the run is a little slower than unwrapped.
+    """
+    PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "rollout": "model_rollouts"}
+
+    def __init__(self):
+        self.start, self.spent, self.saved = None, dict.fromkeys([*self.PHASES.values(), "sac_updates"], 0.0), {}
+
+    def wrap(self, owner, name, phase):
+        fn = getattr(owner, name)
+        self.saved[owner, name] = fn
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+            if phase == "first_model_training":
+                self.start = self.start or time.perf_counter()
+            elif self.start is not None:
+                self.spent[phase] += time.perf_counter() - t0
+            return out
+        setattr(owner, name, timed)
+
+    def __enter__(self):
+        for name, phase in self.PHASES.items():
+            self.wrap(usbpo, name, phase)
+        self.wrap(usbpo, "train_model", "first_model_training")
+        self.wrap(usbpo.SAC, "update", "sac_updates")
+        return self
+
+    def __exit__(self, *exc):
+        for (owner, name), fn in self.saved.items():
+            setattr(owner, name, fn)
+
+
 def loop_seconds_per_1000(env_id, learning_starts, extra=()):
-    """Seconds per 1000 env steps of usbpo.main over the epoch right after learning starts (eval excluded)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Seconds per 1000 env steps of usbpo.main over the epoch right after learning starts (eval excluded),
+    with the seconds of that epoch spent in each phase."""
+    with tempfile.TemporaryDirectory() as tmp, PhaseTimer() as timer:
         usbpo.main(["--env-id", env_id, "--learning-starts", str(learning_starts), "--total-timesteps",
                     str(learning_starts + 1000), "--epoch-length", "1000", "--eval-episodes", "1", "--no-progress",
                     "--checkpoint-every", "0", "--device", str(DEVICE), "--runs-dir", tmp, *extra])
         with open(glob.glob(os.path.join(tmp, "*", "progress.csv"))[0]) as f:
             rows = list(csv.DictReader(f))
-    return 1000.0 / float(rows[-1]["sps"])
+    total = 1000.0 / float(rows[-1]["sps"])
+    return total, {**timer.spent, "other (env, acting, sampling, logging)": total - sum(timer.spent.values())}
 
 
 def main():
@@ -133,17 +176,20 @@ def main():
 
     peak = matmul_peak()
     flops = sac_flops(11, 3)
-    results = components(args.quick)
+    results, breakdowns = components(args.quick), {}
     if not args.quick:
         for env_id in args.envs:
-            results[f"loop_{env_id}"] = loop_seconds_per_1000(env_id, 5000)
+            results[f"loop_{env_id}"], breakdowns[f"loop_{env_id}"] = loop_seconds_per_1000(env_id, 5000)
             if args.with_50k:
-                results[f"loop_{env_id}_50k"] = loop_seconds_per_1000(env_id, 50_000)
+                results[f"loop_{env_id}_50k"], breakdowns[f"loop_{env_id}_50k"] = loop_seconds_per_1000(env_id, 50_000)
 
     print(f"\n{'figure':<24}{'time':>14}")
     for name, seconds in results.items():
         unit = f"{seconds:10.2f} s  " if name.startswith("loop") else f"{seconds * 1e3:10.3f} ms "
         print(f"{name:<24}{unit}" + ("  per 1000 env steps" if name.startswith("loop") else ""))
+    for name, parts in breakdowns.items():
+        print(f"{name}, where the time goes (s per 1000 env steps): "
+              + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items()))
     floor = flops / peak
     print(f"\nSAC update: {flops / 1e6:.0f} MFLOP; this device's 1024^3 matmul runs at {peak / 1e9:.0f} GFLOP/s,"
           f" so the arithmetic floor is {floor * 1e3:.2f} ms; measured {results['sac_update'] * 1e3:.2f} ms"
@@ -153,6 +199,11 @@ def main():
         peer = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in peer.stdout.splitlines() if "s per 1000 env steps" in ln]
         print(line[-1] if line else f"peer failed:\n{peer.stdout[-2000:]}\n{peer.stderr[-2000:]}")
+        detail = [ln for ln in peer.stdout.splitlines() if ln.startswith("{")]
+        if detail and "steady_state" in json.loads(detail[-1]):
+            parts = json.loads(detail[-1])["steady_state"]["breakdown_s_per_1000"]
+            print("mbrl-lib, where the time goes (s per 1000 env steps): "
+                  + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items()))
         if line and "loop_Hopper-v4" in results:
             peer_seconds = float(line[-1].split(":")[1].split("s per")[0])
             print(f"usbpo / mbrl-lib time per 1000 Hopper steps: {results['loop_Hopper-v4']:.1f} / {peer_seconds:.1f}"
