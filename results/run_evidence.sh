@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_id=$1; steps=$2; shift 2
-mkdir -p "results/$env_id" runs/evidence
+mkdir -p "results/$env_id" "runs/evidence/$env_id"
 run() {  # variant seed
-  local flag=""; [ "$1" = mbpo ] && flag="--no-finetune"
+  local flag="" dir="runs/evidence/$env_id/$1_$2"
+  [ "$1" = mbpo ] && flag="--no-finetune"
+  rm -rf "$dir"
   OMP_NUM_THREADS=1 .venv/bin/python usbpo.py --env-id "$env_id" --seed "$2" --total-timesteps "$steps" $flag \
-    --no-progress --runs-dir "runs/evidence/$1_$2" > "runs/evidence/$env_id-$1_$2.log" 2>&1
-  cp runs/evidence/$1_$2/*/progress.csv "results/$env_id/$1_seed$2.csv"
+    --no-progress --runs-dir "$dir" > "$dir.log" 2>&1
+  cp "$dir"/*/progress.csv "results/$env_id/$1_seed$2.csv"
 }
 for seed in "$@"; do run usbpo "$seed"; done &
 for seed in "$@"; do run mbpo "$seed"; done &
