@@ -3,7 +3,8 @@
 Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
     results/<env>.png              eval return vs env steps, mean and min-max band over seeds
     results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
-and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds).
+and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds)
+and a summary of the fine-tune diagnostics of each USB-PO seed.
 """
 import csv
 import glob
@@ -94,6 +95,23 @@ def table(env, runs, points):
             print(f"\n{VARIANTS.get(variant, (variant,))[0]}: first eval of return 1000 at " + ", ".join(solved))
 
 
+def diagnostics(env, seeds):
+    """How often the fine-tune keeps steps, how much it moves the two W2 terms, what it costs in MSE."""
+    print(f"\n{env}: USB-PO fine-tune, last model training of each epoch (medians over the trainings)\n")
+    print("| seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
+          "| bias/shift before | holdout MSE phase 2/phase 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for seed, run in sorted(seeds.items()):
+        done = ~np.isnan(run["finetune_steps"])
+        kept = done & (run["finetune_steps"] > 0)
+        med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
+        print(f"| {seed} | {done.sum()} | {kept.sum()} | {med(run['finetune_steps'][kept])} "
+              f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
+              f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
+              f"| {med(run['bias_before'][done] / run['shift_before'][done])} "
+              f"| {med(run['holdout_mse_phase2'][done] / run['holdout_mse_phase1'][done])} |")
+
+
 def main():
     envs = sorted(d for d in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, d)) and glob.glob(os.path.join(HERE, d, "*.csv")))
     if not envs:
@@ -104,8 +122,10 @@ def main():
         if "usbpo" in runs:
             plot_finetune(env, runs["usbpo"])
         last = min(curve(seeds)[0][-1] for seeds in runs.values())
-        step = 1000 if last <= 20_000 else 10_000
+        step = 1000 if last <= 10_000 else 5_000
         table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)])
+        if "usbpo" in runs:
+            diagnostics(env, runs["usbpo"])
         print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if "usbpo" in runs else ""))
 
 
