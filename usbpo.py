@@ -775,6 +775,9 @@ def main(argv=None):
         random.setstate(resume["rng_python"])
         np.random.set_state(resume["rng_numpy"])
         torch.set_rng_state(resume["rng_torch"])
+        env.action_space.np_random.bit_generator.state = resume["rng_action_space"]
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(resume["rng_cuda"], device)
         print(f"resumed from {run_dir} at step {start_step - 1}")
 
     csv_path = os.path.join(run_dir, "progress.csv")
@@ -856,7 +859,9 @@ def main(argv=None):
                                 alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
                                 real_buffer=real_buffer.rows().cpu(), model_buffer=model_buffer.rows().cpu(),
                                 model_buffer_capacity=model_buffer.capacity, model_stats=model_stats,
-                                rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state())
+                                rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state(),
+                                rng_action_space=env.action_space.np_random.bit_generator.state,
+                                rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     bar.close()
     if args.save_model:
         torch.save(dict(actor=agent.actor.state_dict(), qf=agent.qf.state_dict(), qf_target=agent.qf_target.state_dict(),
