@@ -56,22 +56,26 @@ def plot_returns(env, runs):
 
 
 def plot_finetune(env, seeds):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    axes = axes.ravel()
     for seed, run in seeds.items():
         steps = run["env_steps"]
-        for ax, term in zip(axes[:2], ["shift", "bias"]):
-            line, = ax.plot(steps, run[f"{term}_before"], alpha=0.8, label=f"seed {seed} before")
-            ax.plot(steps, run[f"{term}_after"], "--", color=line.get_color(), alpha=0.8, label=f"seed {seed} after")
-        axes[2].plot(steps, run["finetune_steps"], "o-", ms=3, alpha=0.8, label=f"seed {seed}")
-    axes[0].set(title="model shift W2(p_M1, p_M2) on validation", xlabel="environment steps")
-    axes[1].set(title="model bias W2(p_M2, p_M*) on validation", xlabel="environment steps")
-    axes[2].set(title="fine-tune steps kept (0 = MLE model kept)", xlabel="environment steps")
+        for ax, (before, after) in zip(axes[:3], [("shift_before", "shift_after"), ("bias_before", "bias_after"),
+                                                  ("holdout_mse_phase1", "holdout_mse_phase2")]):
+            line, = ax.plot(steps, run[before], alpha=0.8, label=f"seed {seed} before")
+            ax.plot(steps, run[after], "--", color=line.get_color(), alpha=0.8, label=f"seed {seed} after")
+        axes[3].plot(steps, run["finetune_steps"], "o-", ms=3, alpha=0.8, label=f"seed {seed}")
+    axes[0].set(title="model shift W2(p_M1, p_M2) on validation")
+    axes[1].set(title="model bias W2(p_M2, p_M*) on validation")
+    axes[2].set(title="holdout MSE of the elites, before / after the fine-tune", yscale="log")
+    axes[3].set(title="fine-tune steps kept (0 = MLE model kept)")
     for ax in axes:
+        ax.set(xlabel="environment steps")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{env}: USB-PO fine-tune diagnostics (last model training of each epoch)")
+    fig.suptitle(f"{env}: USB-PO fine-tune diagnostics (last model training of each epoch; before = after phase 1)")
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, f"{env}_finetune.png"), dpi=120)
+    fig.savefig(os.path.join(HERE, f"{env}_finetune.png"), dpi=110)
     plt.close(fig)
 
 
