@@ -3,7 +3,8 @@
 Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
     results/<env>.png              eval return vs env steps, mean and min-max band over seeds
     results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
-and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds)
+and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds, and the mean of
+the last 5 evaluations, which is less noisy than one)
 and a summary of the fine-tune diagnostics of each USB-PO seed.
 """
 import csv
@@ -81,14 +82,19 @@ def plot_finetune(env, seeds):
 
 def table(env, runs, points):
     print(f"\n{env}: eval return at fixed env steps (mean +- std over seeds)\n")
-    print("| variant | seeds | " + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points) + " |")
-    print("|---|---|" + "---|" * len(points))
+    last = int(points[-1])
+    print("| variant | seeds | " + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points)
+          + f" | mean of the 5 evals to {last // 1000}k |")
+    print("|---|---|" + "---|" * (len(points) + 1))
+    cell = lambda x: f"{x.mean():.0f}" if len(x) == 1 else f"{x.mean():.0f} +- {x.std():.0f}"  # noqa: E731
     for variant, seeds in runs.items():
         steps, values = curve(seeds)
         cells = []
         for p in points:
             hit = np.nonzero(steps == p)[0]
-            cells.append(f"{values[:, hit[0]].mean():.0f} +- {values[:, hit[0]].std():.0f}" if len(hit) else "-")
+            cells.append(cell(values[:, hit[0]]) if len(hit) else "-")
+        end = np.nonzero(steps == last)[0][0] + 1
+        cells.append(cell(values[:, max(end - 5, 0):end].mean(1)))
         print(f"| {VARIANTS.get(variant, (variant,))[0]} | {len(seeds)} | " + " | ".join(cells) + " |")
     for variant, seeds in runs.items():
         solved = []
