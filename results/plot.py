@@ -69,7 +69,7 @@ def plot_finetune(env, seeds):
     axes[0].set(title="model shift W2(p_M1, p_M2) on validation")
     axes[1].set(title="model bias W2(p_M2, p_M*) on validation")
     axes[2].set(title="holdout MSE of the elites, before / after the fine-tune", yscale="log")
-    axes[3].set(title="fine-tune steps kept (0 = MLE model kept)")
+    axes[3].set(title="fine-tune steps kept (0 = MLE model kept)", ylim=(-5, max(105, axes[3].get_ylim()[1])))
     for ax in axes:
         ax.set(xlabel="environment steps")
         ax.grid(alpha=0.3)
