@@ -46,7 +46,7 @@ def plot_returns(env, runs):
     for variant, seeds in runs.items():
         label, color = VARIANTS.get(variant, (variant, None))
         steps, values = curve(seeds)
-        ax.plot(steps, values.mean(0), color=color, label=f"{label}, {len(seeds)} seeds")
+        ax.plot(steps, values.mean(0), color=color, label=f"{label}, {len(seeds)} seed" + "s" * (len(seeds) > 1))
         ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
     ax.set(xlabel="environment steps", ylabel="eval return (deterministic policy)", title=env)
     ax.grid(alpha=0.3)
@@ -80,9 +80,8 @@ def plot_finetune(env, seeds):
     plt.close(fig)
 
 
-def table(env, runs, points):
+def table(env, runs, points, last):
     print(f"\n{env}: eval return at fixed env steps (mean +- std over seeds)\n")
-    last = int(points[-1])
     print("| variant | seeds | " + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points)
           + f" | mean of the 5 evals to {last // 1000}k |")
     print("|---|---|" + "---|" * (len(points) + 1))
@@ -133,7 +132,7 @@ def main():
             plot_finetune(env, runs["usbpo"])
         last = min(curve(seeds)[0][-1] for seeds in runs.values())
         step = 1000 if last <= 10_000 else 5_000
-        table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)])
+        table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)], int(last))
         if "usbpo" in runs:
             diagnostics(env, runs["usbpo"])
         print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if "usbpo" in runs else ""))
