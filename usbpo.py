@@ -775,8 +775,9 @@ def main(argv=None):
         random.setstate(resume["rng_python"])
         np.random.set_state(resume["rng_numpy"])
         torch.set_rng_state(resume["rng_torch"])
-        env.action_space.np_random.bit_generator.state = resume["rng_action_space"]
-        if device.type == "cuda":
+        if "rng_action_space" in resume:  # absent from checkpoints of older versions
+            env.action_space.np_random.bit_generator.state = resume["rng_action_space"]
+        if device.type == "cuda" and resume.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(resume["rng_cuda"], device)
         print(f"resumed from {run_dir} at step {start_step - 1}")
 
