@@ -3,9 +3,9 @@
 Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
     results/<env>.png              eval return vs env steps, mean and min-max band over seeds
     results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
-and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds, and the mean of
-the last 5 evaluations, which is less noisy than one)
-and a summary of the fine-tune diagnostics of each USB-PO seed.
+and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds, and
+the mean of the last 5 evaluations, which is less noisy than one) and a summary of the fine-tune
+diagnostics of each USB-PO seed.
 """
 import csv
 import glob
@@ -110,10 +110,10 @@ def diagnostics(env, seeds):
     print("| seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
           "| bias/shift before | holdout MSE phase 2/phase 1 |")
     print("|---|---|---|---|---|---|---|---|")
+    med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
     for seed, run in sorted(seeds.items()):
         done = ~np.isnan(run["finetune_steps"])
         kept = done & (run["finetune_steps"] > 0)
-        med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
         print(f"| {seed} | {done.sum()} | {kept.sum()} | {med(run['finetune_steps'][kept])} "
               f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
               f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
