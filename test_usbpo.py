@@ -506,6 +506,44 @@ def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     assert [int(r["env_steps"]) for r in rows] == [250, 500, 750, 1000, 1250]
 
 
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """A kill and --resume cost nothing but time: the same evaluations, model statistics and final weights as a
+    run never stopped, with the checkpoint falling in the middle of an episode."""
+    argv = ["--env-id", "Hopper-v4", "--total-timesteps", "600", "--learning-starts", "200", "--epoch-length", "200",
+            "--model-train-freq", "100", "--rollout-batch-size", "200", "--updates-per-step", "2", "--eval-episodes", "1",
+            "--model-max-epochs", "2", "--finetune-steps", "3", "--checkpoint-every", "1", "--no-progress"]
+    whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
+    calls, real_evaluate = [], usbpo.evaluate
+
+    def killed_at_step_600(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after the checkpoint of step 400
+        return real_evaluate(*a)
+
+    monkeypatch.setattr(usbpo, "evaluate", killed_at_step_600)
+    with pytest.raises(KeyboardInterrupt):
+        usbpo.main(argv + ["--runs-dir", str(tmp_path / "killed")])
+    killed = glob.glob(str(tmp_path / "killed" / "*"))[0]
+    ckpt = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)
+    assert ckpt["global_step"] == 400 and ckpt["env"]["elapsed_steps"] > 0  # mid-episode
+    monkeypatch.setattr(usbpo, "evaluate", real_evaluate)
+    usbpo.main(["--resume", killed])
+
+    def load(run_dir):
+        with open(os.path.join(run_dir, "progress.csv")) as f:
+            rows = [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
+        return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+
+    (rows_a, end_a), (rows_b, end_b) = load(whole), load(killed)
+    assert [int(r["env_steps"]) for r in rows_b] == [200, 400, 600] and rows_a == rows_b
+    assert end_a["global_step"] == end_b["global_step"] == 600
+    for key in ["agent", "model"]:
+        for name, tensor in end_a[key].items():
+            assert torch.equal(tensor, end_b[key][name]), (key, name)
+    assert torch.equal(end_a["real_buffer"], end_b["real_buffer"])
+
+
 # --------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------

@@ -293,10 +293,13 @@ class ReplayBuffer:
             self.data = torch.zeros(capacity, self.data.shape[1], device=self.data.device)
             self.load(kept)
 
-    def load(self, rows):
-        """Replace the contents with rows, oldest first (e.g. from a checkpoint)."""
+    def load(self, rows, ptr=0):
+        """Replace the contents with rows, oldest first (e.g. from a checkpoint). A full buffer is laid out
+        with the next write at ptr, as it was when saved: sampling indexes the raw layout."""
         self.ptr, self.size = 0, 0
         self.add(rows)
+        if self.size == self.capacity and ptr:
+            self.data, self.ptr = self.data.roll(ptr, 0), ptr
 
     def split(self, rows):
         """(obs, act, rew, next_obs, terminated) views of rows, rew and terminated without the last axis."""
@@ -719,6 +722,27 @@ CSV_FIELDS = ["env_steps", "epoch", "eval_return", "train_return", "holdout_mse_
               "model_epochs", "sps", "wall_time"]
 
 
+def env_state(env, obs):
+    """What continuing the episode in progress needs after a resume: MuJoCo's whole MjData (state, solver warm
+    start and the derived positions, which the next reward of Ant or Humanoid reads one substep stale), the
+    time limit's step counter, the running episode statistics, the env's RNG (next reset's noise) and obs."""
+    u = env.unwrapped
+    return dict(mjdata=u.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"), obs=obs,
+                episode_return=env.episode_returns, episode_length=env.episode_lengths,
+                rng=u.np_random.bit_generator.state)
+
+
+def restore_env_state(env, state):
+    """Inverse of env_state, on an env that has been reset once; returns the observation."""
+    import mujoco
+    u = env.unwrapped
+    mujoco.mj_copyData(u.data, u.model, state["mjdata"])
+    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+    env.episode_returns, env.episode_lengths = state["episode_return"], state["episode_length"]
+    u.np_random.bit_generator.state = state["rng"]
+    return state["obs"]
+
+
 def save_checkpoint(path, **state):
     tmp = path + ".tmp"
     torch.save(state, tmp)
@@ -770,7 +794,7 @@ def main(argv=None):
             opt.load_state_dict(resume[key])
         real_buffer.load(resume["real_buffer"].to(device))
         model_buffer.resize(resume["model_buffer_capacity"])
-        model_buffer.load(resume["model_buffer"].to(device))
+        model_buffer.load(resume["model_buffer"].to(device), resume.get("model_buffer_ptr", 0))
         model_stats, start_step = resume["model_stats"], resume["global_step"] + 1
         random.setstate(resume["rng_python"])
         np.random.set_state(resume["rng_numpy"])
@@ -796,6 +820,9 @@ def main(argv=None):
 
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
+    if resume is not None and "env" in resume:  # older checkpoints lack it: their episode starts afresh
+        obs = restore_env_state(env, resume["env"])
+        eval_env.unwrapped.np_random.bit_generator.state = resume["eval_env_rng"]
     train_returns, losses = [], {}
     start_time = epoch_time = time.time()
     for global_step in range(start_step, args.total_timesteps + 1):
@@ -859,9 +886,11 @@ def main(argv=None):
                                 actor_optim=agent.actor_optim.state_dict(), qf_optim=agent.qf_optim.state_dict(),
                                 alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
                                 real_buffer=real_buffer.rows().cpu(), model_buffer=model_buffer.rows().cpu(),
-                                model_buffer_capacity=model_buffer.capacity, model_stats=model_stats,
+                                model_buffer_capacity=model_buffer.capacity, model_buffer_ptr=model_buffer.ptr,
+                                model_stats=model_stats,
                                 rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state(),
                                 rng_action_space=env.action_space.np_random.bit_generator.state,
+                                env=env_state(env, obs), eval_env_rng=eval_env.unwrapped.np_random.bit_generator.state,
                                 rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     bar.close()
     if args.save_model:
