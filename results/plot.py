@@ -114,7 +114,8 @@ def diagnostics(env, seeds):
     for seed, run in sorted(seeds.items()):
         done = ~np.isnan(run["finetune_steps"])
         kept = done & (run["finetune_steps"] > 0)
-        print(f"| {seed} | {done.sum()} | {kept.sum()} | {med(run['finetune_steps'][kept])} "
+        steps_kept = f"{np.median(run['finetune_steps'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
+        print(f"| {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
               f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
               f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
               f"| {med(run['bias_before'][done] / run['shift_before'][done])} "
