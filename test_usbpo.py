@@ -542,6 +542,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
         for name, tensor in end_a[key].items():
             assert torch.equal(tensor, end_b[key][name]), (key, name)
     assert torch.equal(end_a["real_buffer"], end_b["real_buffer"])
+    with open(os.path.join(killed, "progress.csv")) as f:
+        wall = [float(r["wall_time"]) for r in csv.DictReader(f)]
+    assert wall == sorted(wall)  # the run's own time carries on across the resume
 
 
 # --------------------------------------------------------------------------------------

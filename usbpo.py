@@ -825,6 +825,8 @@ def main(argv=None):
         eval_env.unwrapped.np_random.bit_generator.state = resume["eval_env_rng"]
     train_returns, losses = [], {}
     start_time = epoch_time = time.time()
+    if resume is not None:  # wall_time in the CSV counts the run's own time, across resumes
+        start_time -= resume.get("wall_time", 0.0)
     for global_step in range(start_step, args.total_timesteps + 1):
         # --- act in the real environment (NumPy only here, at the env boundary)
         if global_step <= args.learning_starts:
@@ -882,6 +884,7 @@ def main(argv=None):
             train_returns = []
             if args.checkpoint_every and (global_step // args.epoch_length) % args.checkpoint_every == 0:
                 save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=vars(args), global_step=global_step,
+                                wall_time=row["wall_time"],
                                 agent=agent.state_dict(), model=model.state_dict(),
                                 actor_optim=agent.actor_optim.state_dict(), qf_optim=agent.qf_optim.state_dict(),
                                 alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
