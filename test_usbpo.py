@@ -590,6 +590,16 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
 ])
 def test_bad_input_gives_one_line_error(argv, message):
+    assert_one_line_error(argv, message)
+
+
+def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
+    assert_one_line_error(["--resume", str(tmp_path)], "no checkpoint at")
+    (tmp_path / "checkpoint.pt").write_bytes(b"cut off by a full disk")
+    assert_one_line_error(["--resume", str(tmp_path)], "could not read")
+
+
+def assert_one_line_error(argv, message):
     result = subprocess.run([sys.executable, os.path.join(HERE, "usbpo.py"), *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -756,7 +756,10 @@ def main(argv=None):
         path = os.path.join(args.resume, "checkpoint.pt")
         if not os.path.isfile(path):
             fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
-        resume = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            resume = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
+            fail(f"could not read {path} ({type(e).__name__}: {e}); resume with the versions that wrote it")
         args = argparse.Namespace(**{**resume["args"], "resume": args.resume})
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
