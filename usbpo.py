@@ -759,7 +759,7 @@ def main(argv=None):
         try:
             resume = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
-            fail(f"could not read {path} ({type(e).__name__}: {e}); resume with the versions that wrote it")
+            fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
         args = argparse.Namespace(**{**resume["args"], "resume": args.resume})
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
