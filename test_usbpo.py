@@ -477,29 +477,33 @@ def test_actor_log_prob_matches_torch_distributions():
     assert torch.allclose(log_prob[keep], reference[keep], rtol=1e-6, atol=1e-6)
 
 
+def kill_at_evaluation(monkeypatch, n):
+    """Make the n-th evaluation raise KeyboardInterrupt, as a kill would; monkeypatch.undo() lifts it."""
+    calls, real_evaluate = [], usbpo.evaluate
+
+    def evaluate(*a):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_evaluate(*a)
+
+    monkeypatch.setattr(usbpo, "evaluate", evaluate)
+
+
 def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     """HalfCheetah is truncated at 1000 steps and never terminated: the stored flags must all be 0."""
     argv = ["--env-id", "HalfCheetah-v4", "--total-timesteps", "1250", "--learning-starts", "1000",
             "--epoch-length", "250", "--model-train-freq", "250", "--rollout-batch-size", "200",
             "--updates-per-step", "1", "--eval-episodes", "1", "--model-max-epochs", "2", "--finetune-steps", "3",
             "--checkpoint-every", "1", "--no-progress", "--runs-dir", str(tmp_path)]
-    calls = []
-    real_evaluate = usbpo.evaluate
-
-    def crash_in_epoch_4(*a):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # a kill after the checkpoint of step 1000
-        return real_evaluate(*a)
-
-    monkeypatch.setattr(usbpo, "evaluate", crash_in_epoch_4)
+    kill_at_evaluation(monkeypatch, 5)  # the evaluation of step 1250, after the checkpoint of step 1000
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv)
     run_dir = glob.glob(str(tmp_path / "*"))[0]
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
     assert ckpt["global_step"] == 1000
     assert ckpt["real_buffer"].shape[0] == 1000 and torch.all(ckpt["real_buffer"][:, -1] == 0)
-    monkeypatch.setattr(usbpo, "evaluate", real_evaluate)
+    monkeypatch.undo()
     usbpo.main(["--resume", run_dir])
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -513,21 +517,13 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
             "--model-train-freq", "100", "--rollout-batch-size", "200", "--updates-per-step", "2", "--eval-episodes", "1",
             "--model-max-epochs", "2", "--finetune-steps", "3", "--checkpoint-every", "1", "--no-progress"]
     whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
-    calls, real_evaluate = [], usbpo.evaluate
-
-    def killed_at_step_600(*a):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # after the checkpoint of step 400
-        return real_evaluate(*a)
-
-    monkeypatch.setattr(usbpo, "evaluate", killed_at_step_600)
+    kill_at_evaluation(monkeypatch, 3)  # the evaluation of step 600, after the checkpoint of step 400
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv + ["--runs-dir", str(tmp_path / "killed")])
     killed = glob.glob(str(tmp_path / "killed" / "*"))[0]
     ckpt = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)
     assert ckpt["global_step"] == 400 and ckpt["env"]["elapsed_steps"] > 0  # mid-episode
-    monkeypatch.setattr(usbpo, "evaluate", real_evaluate)
+    monkeypatch.undo()
     usbpo.main(["--resume", killed])
 
     def load(run_dir):
