@@ -823,13 +823,13 @@ def main(argv=None):
 
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
-    if resume is not None and "env" in resume:  # older checkpoints lack it: their episode starts afresh
-        obs = restore_env_state(env, resume["env"])
-        eval_env.unwrapped.np_random.bit_generator.state = resume["eval_env_rng"]
     train_returns, losses = [], {}
     start_time = epoch_time = time.time()
-    if resume is not None:  # wall_time in the CSV counts the run's own time, across resumes
-        start_time -= resume.get("wall_time", 0.0)
+    if resume is not None:
+        start_time -= resume.get("wall_time", 0.0)  # wall_time in the CSV counts the run's own time, across resumes
+        if "env" in resume:  # older checkpoints lack it: their episode starts afresh
+            obs = restore_env_state(env, resume["env"])
+            eval_env.unwrapped.np_random.bit_generator.state = resume["eval_env_rng"]
     for global_step in range(start_step, args.total_timesteps + 1):
         # --- act in the real environment (NumPy only here, at the env boundary)
         if global_step <= args.learning_starts:
