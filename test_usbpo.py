@@ -9,9 +9,11 @@ import csv
 import glob
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -600,6 +602,25 @@ def assert_one_line_error(argv, message):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
+    """Ctrl-C after a checkpoint: no traceback, and the command printed at the start resumes the run."""
+    argv = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "5000", "--checkpoint-every", "1",
+            "--no-progress", "--runs-dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "usbpo.py"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(tmp_path, "*", "checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in stderr, stderr
+    (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
+    assert f"python usbpo.py --resume {run_dir}" in stdout
+    assert os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
 
 
 def test_learns_inverted_pendulum(tmp_path):

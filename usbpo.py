@@ -777,6 +777,7 @@ def main(argv=None):
     writer = SummaryWriter(run_dir)
     config = {**vars(args), "device": str(device), "obs_dim": obs_dim, "act_dim": act_dim}
     print("usbpo config: " + json.dumps(config))
+    print(f"run folder: {run_dir}" + (f"  (after a crash or kill: python usbpo.py --resume {run_dir})" if args.checkpoint_every else ""))
     if resume is None:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -908,4 +909,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (the last checkpoint is intact: written atomically)
+        fail("interrupted; the run continues from its last checkpoint with the --resume command printed at its start")
