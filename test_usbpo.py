@@ -605,7 +605,7 @@ def assert_one_line_error(argv, message):
 
 
 def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
-    """Ctrl-C after a checkpoint: no traceback, and the command printed at the start resumes the run."""
+    """Ctrl-C after a checkpoint: one line, no traceback; the --resume command for the run folder was printed."""
     argv = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "5000", "--checkpoint-every", "1",
             "--no-progress", "--runs-dir", str(tmp_path)]
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "usbpo.py"), *argv],
