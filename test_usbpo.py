@@ -597,27 +597,32 @@ def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "could not read")
 
 
+def usbpo_command(argv):
+    return [sys.executable, os.path.join(HERE, "usbpo.py"), *argv]
+
+
 def assert_one_line_error(argv, message):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "usbpo.py"), *argv], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+    result = subprocess.run(usbpo_command(argv), capture_output=True, text=True, timeout=120)
+    assert_failed_with_one_line(result.returncode, result.stderr, message)
+
+
+def assert_failed_with_one_line(returncode, stderr, message):
+    assert returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
 
 
 def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
     """Ctrl-C after a checkpoint: one line, no traceback; the --resume command for the run folder was printed."""
     argv = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "5000", "--checkpoint-every", "1",
             "--no-progress", "--runs-dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "usbpo.py"), *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(usbpo_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(os.path.join(tmp_path, "*", "checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in stderr, stderr
+    assert_failed_with_one_line(proc.returncode, stderr, "interrupted")
     (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
     assert f"python usbpo.py --resume {run_dir}" in stdout
     assert os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
