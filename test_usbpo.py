@@ -25,12 +25,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPORTED_VERSIONS]
 
 
+def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
+    """The command line of a configuration small enough for a run to go through every phase in seconds."""
+    return ["--env-id", env_id, "--total-timesteps", "750", "--learning-starts", "250", "--epoch-length", "250",
+            "--model-train-freq", "250", "--rollout-batch-size", "500", "--updates-per-step", "2", "--eval-episodes", "1",
+            "--model-max-epochs", "5", "--finetune-steps", "20", "--no-progress", *extra]
+
+
 def tiny_args(*extra, env_id="InvertedPendulum-v4"):
-    """A configuration small enough for a test to go through every phase in seconds."""
-    return usbpo.parse_args(["--env-id", env_id, "--total-timesteps", "750", "--learning-starts", "250",
-                             "--epoch-length", "250", "--model-train-freq", "250", "--rollout-batch-size", "500",
-                             "--updates-per-step", "2", "--eval-episodes", "1", "--model-max-epochs", "5",
-                             "--finetune-steps", "20", "--no-progress", *extra])
+    return usbpo.parse_args(tiny_args_argv(*extra, env_id=env_id))
 
 
 def random_transitions(env_id, n, seed=0):
@@ -272,6 +275,87 @@ def test_model_bias_excludes_self_pairs():
     mean, std = torch.randn(3, 10, 4), torch.rand(3, 10, 4) + 0.1
     pairs = [usbpo.w2_gaussian(mean[i], std[i], mean[j], std[j]).mean() for i in range(3) for j in range(3) if i != j]
     assert usbpo.model_bias(mean, std).item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-6)
+
+
+def authors_loss_by_hand(mean1, std1, mean2, std2, p, q):
+    """The authors' shift and bias written out term by term in float64 NumPy, from the formulas of their code:
+    shift = (1/B) sqrt(sum_bd (mu1[p_b,b,d] - mu2[q_b,b,d])^2 + sum_{k<min(B,D)} (sd1[p_k,k,k] - sd2[q_k,k,k])^2),
+    bias = 1/(B (E-1)) sum_e sqrt(sum_bd (mu2[q_b,b,d] - mu2[e,b,d])^2 + sum_{k<min(B,D)} (sd2[q_k,k,k] - sd2[e,k,k])^2)."""
+    mean1, std1, mean2, std2 = (t.double().numpy() for t in (mean1, std1, mean2, std2))
+    E, B, D = mean2.shape
+    sq = sum((mean1[p[b], b, d] - mean2[q[b], b, d]) ** 2 for b in range(B) for d in range(D))
+    sq += sum((std1[p[k], k, k] - std2[q[k], k, k]) ** 2 for k in range(min(B, D)))
+    shift = math.sqrt(sq) / B
+    bias = 0.0
+    for e in range(E):
+        sq = sum((mean2[q[b], b, d] - mean2[e, b, d]) ** 2 for b in range(B) for d in range(D))
+        sq += sum((std2[q[k], k, k] - std2[e, k, k]) ** 2 for k in range(min(B, D)))
+        bias += math.sqrt(sq)
+    return shift, bias / (B * (E - 1))
+
+
+@pytest.mark.parametrize("B, D", [(6, 9), (13, 4)])  # fewer and more rows than dimensions: the trace keeps min(B, D)
+def test_authors_objective_matches_formulas_written_out(B, D):
+    gen = torch.Generator().manual_seed(B)
+    E = 5
+    mean1, mean2 = torch.randn(E, B, D, generator=gen), torch.randn(E, B, D, generator=gen)
+    std1, std2 = torch.rand(E, B, D, generator=gen) + 0.1, torch.rand(E, B, D, generator=gen) + 0.1
+    p, q = torch.randint(E, (2, B), generator=gen)
+    shift, bias = usbpo.authors_shift_bias(mean1, std1, mean2, std2, p, q)
+    want_shift, want_bias = authors_loss_by_hand(mean1, std1, mean2, std2, p.tolist(), q.tolist())
+    assert shift.item() == pytest.approx(want_shift, rel=1e-5) and bias.item() == pytest.approx(want_bias, rel=1e-5)
+
+
+def test_authors_m1_runs_with_the_current_normaliser_and_bounds(trained_pair):
+    """Their M1 is the old weights run through M2's scaler and log-variance bounds: with the same weights and p = q,
+    M1 and M2 agree whatever the old model's normaliser and bounds were; and the bounds get gradient through M1."""
+    model, _, _, val, _ = trained_pair
+    model, old = copy.deepcopy(model), copy.deepcopy(model)
+    old.input_mean.add_(1.0), old.max_logvar.data.sub_(1.0)
+    layers = {k: v.detach() for k, v in old.named_parameters() if k.startswith("layers.")}
+    p = torch.randint(model.ensemble_size, (len(val),))
+    loss, shift, _ = usbpo.authors_objective(model, layers, val, 1.0, 0.0, p, p)
+    assert shift.item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        layers = {k: v + 0.01 * torch.randn_like(v) for k, v in layers.items()}
+    model.requires_grad_(False).max_logvar.requires_grad_(True)
+    m2_mean, m2_std = (t.detach() for t in usbpo.predict(model, val))
+    m1_mean, m1_std = usbpo.predict(model, val, layers)
+    usbpo.authors_shift_bias(m1_mean, m1_std, m2_mean, m2_std, p, p)[0].backward()
+    assert model.max_logvar.grad.abs().sum() > 0  # through M1 alone: M2's predictions are detached
+
+
+def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
+    """In a run: p and q are the same in every call and reproducible from the seed, every batch has exactly
+    --finetune-batch rows (validation included), and the fine-tune's Adam carries its step count across trainings."""
+    calls, adam_steps = [], []
+    real_objective, real_finetune = usbpo.authors_objective, usbpo.usb_finetune
+
+    def objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
+        calls.append((p.clone(), q.clone(), len(x)))
+        return real_objective(model, m1_layers, x, shift_coef, bias_coef, p, q)
+
+    def finetune(model, prev_model, train_inputs, val_inputs, args, authors=None):
+        state = authors.optimizer.state.get(model.max_logvar, {})
+        adam_steps.append(int(state["step"]) if state else 0)
+        return real_finetune(model, prev_model, train_inputs, val_inputs, args, authors)
+
+    monkeypatch.setattr(usbpo, "authors_objective", objective)
+    monkeypatch.setattr(usbpo, "usb_finetune", finetune)
+    argv = ["--finetune-objective", "authors", "--finetune-batch", "64", "--seed", "3", "--runs-dir", str(tmp_path)]
+    args = tiny_args(*argv)
+    run_dir = usbpo.main(tiny_args_argv(*argv))
+    assert "usbpo_authors" in run_dir and len(adam_steps) == 2 and adam_steps[0] == 0 < adam_steps[1]
+    model = usbpo.GaussianEnsemble(4, 1, args.ensemble_size, args.num_elites, args.model_hidden)
+    fresh = usbpo.authors_finetune_state(args, model)
+    assert not torch.equal(fresh.p, fresh.q)
+    for p, q, rows in calls:
+        assert torch.equal(p, fresh.p) and torch.equal(q, fresh.q) and rows == 64
+    other = usbpo.authors_finetune_state(tiny_args(*argv[:-4], "--seed", "4"), model)
+    assert not torch.equal(other.p, fresh.p)
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert all(math.isfinite(float(r[k])) for r in rows[1:] for k in ["shift_before", "shift_after", "bias_after"])
 
 
 # --------------------------------------------------------------------------------------

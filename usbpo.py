@@ -86,6 +86,8 @@ def build_parser():
     a("--no-finetune", action="store_true", help="skip phase 2: plain MBPO")
     a("--shift-coef", type=float, default=1.0, help="weight of the model-shift term W2(p_M1, p_M2)")
     a("--bias-coef", type=float, default=1.0, help="weight of the model-bias term W2(p_M2, p_M*)")
+    a("--finetune-objective", choices=["w2", "authors"], default="w2",
+      help="w2: Eq. 3 with per-sample closed-form W2 (SPEC); authors: the loss of the authors' code, quirks included")
     a("--finetune-lr", type=float, default=1e-4, help="Adam learning rate of the fine-tune")
     a("--finetune-batch", type=int, default=1024, help="(s, a) from the model buffer per fine-tune step")
     a("--finetune-steps", type=int, default=100, help="maximum fine-tune steps per model training")
@@ -133,7 +135,7 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.rollout_schedule = tuple(args.rollout_schedule)
     if args.exp_name is None:
-        args.exp_name = "mbpo" if args.no_finetune else "usbpo"
+        args.exp_name = "mbpo" if args.no_finetune else "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
     check_args(args)
     return args
 
@@ -156,6 +158,8 @@ def check_args(args):
         fail("--learning-starts must be at least 10: the model needs real data to train and hold out")
     if args.num_elites > args.ensemble_size:
         fail(f"--num-elites ({args.num_elites}) cannot exceed --ensemble-size ({args.ensemble_size})")
+    if args.no_finetune and args.finetune_objective != "w2":
+        fail("--finetune-objective chooses the fine-tune's loss, and --no-finetune skips the fine-tune: drop one")
     if args.ensemble_size < 2 and not args.no_finetune:
         fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
     if not 0.0 < args.holdout_ratio < 1.0:
@@ -467,7 +471,11 @@ def w2_gaussian(mu1, std1, mu2, std2):
 
     The square root is guarded so that identical inputs give exactly 0 with a zero (not NaN) gradient.
     """
-    sq = (mu1 - mu2).square().sum(-1) + (std1 - std2).square().sum(-1)
+    return safe_sqrt((mu1 - mu2).square().sum(-1) + (std1 - std2).square().sum(-1))
+
+
+def safe_sqrt(sq):
+    """sqrt that is exactly 0 at 0 with a zero (not NaN) gradient."""
     positive = sq > 0
     return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
 
@@ -488,9 +496,13 @@ def model_bias(mean, std):
     return pairwise[off_diagonal].mean()
 
 
-def predict(model, x):
-    """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each."""
-    mean, logvar = model(x.expand(model.ensemble_size, *x.shape))
+def predict(model, x, layers=None):
+    """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each.
+
+    layers: other weights for model.layers (e.g. M1's), run with this model's normaliser and log-variance bounds.
+    """
+    x = x.expand(model.ensemble_size, *x.shape)
+    mean, logvar = model(x) if layers is None else torch.func.functional_call(model, layers, (x,))
     return mean, torch.exp(0.5 * logvar)
 
 
@@ -507,36 +519,105 @@ def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
     return shift_coef * shift + bias_coef * bias, shift, bias
 
 
-def usb_finetune(model, prev_model, train_inputs, val_inputs, args):
+def authors_objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
+    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`).
+
+    Transcribed from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization
+    (union_loss l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), quirks included:
+      - M1 is their "backoff" network: the weights from before this model training (m1_layers), but run with the
+        current input normaliser (the shared scaler is refitted at l. 462, before the old weights are copied at
+        l. 485) and the current log-variance bounds, which are shared and trainable, so the loss's gradient also
+        reaches the bounds through M1 (l. 194, 966, 999).
+      - Each batch row b is scored by one member: p[b] of M1 and q[b] of M2, indices drawn once when their graph
+        is built (correc_random_inds, l. 363, 821, 854), fixed for the whole run and independent of each other.
+      - Their compute_EMD (l. 799-803): see compute_emd. shift = EMD(M1[p], M2[q]) / B (l. 1014);
+        bias = sum over members e of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866).
+    Means are of [r, s' - s], where they add s to get s': the differences, and so the loss, are the same up to rounding.
+    """
+    mean1, std1 = predict(model, x, m1_layers)
+    mean2, std2 = predict(model, x)
+    shift, bias = authors_shift_bias(mean1, std1, mean2, std2, p, q)
+    return shift_coef * shift + bias_coef * bias, shift, bias
+
+
+def authors_shift_bias(mean1, std1, mean2, std2, p, q):
+    """The authors' shift and bias terms from M1's and M2's (mean, std) [E, B, D] and member indices p, q [B]."""
+    E, B = mean2.shape[:2]
+    rows = torch.arange(B, device=mean2.device)
+    mu1, sd1, mu2, sd2 = mean1[p, rows], std1[p, rows], mean2[q, rows], std2[q, rows]  # [B, D]
+    return compute_emd(mu1, sd1, mu2, sd2) / B, compute_emd(mu2, sd2, mean2, std2).sum() / B / (E - 1)
+
+
+def compute_emd(mu1, sd1, mu2, sd2):
+    """The authors' compute_EMD on [..., B, D] arrays: ONE square root of a sum over the whole batch,
+
+        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) )
+
+    where tf.trace of a [B, D] array sums only its entries (k, k), k < min(B, D): of the variance term, one
+    dimension of each of the first D rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)
+    """
+    part1 = (mu1 - mu2).square().sum((-2, -1))
+    part2 = torch.diagonal(sd1.square() + sd2.square() - 2 * (sd1 * sd2.square() * sd1).sqrt(), dim1=-2, dim2=-1).sum(-1)
+    return safe_sqrt(part1 + part2)
+
+
+def authors_finetune_state(args, model):
+    """What the authors' fine-tune keeps for the whole run: the member indices p (M1) and q (M2), drawn from the
+    run's seed (their graph draws them once, from NumPy's global state), and one Adam, created once (l. 215) and
+    so never reset between model trainings (its moments and step count carry over). Not reproduced: TF1's Adam
+    puts epsilon outside the bias correction (a difference of order 1e-8 in each step)."""
+    g = torch.Generator().manual_seed(args.seed)
+    p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(model.input_mean.device)
+    return argparse.Namespace(p=p, q=q, optimizer=torch.optim.Adam(model.parameters(), lr=args.finetune_lr))
+
+
+def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None):
     """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set.
 
     The phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome.
+    authors: the run's authors_finetune_state to follow the authors' code instead: their objective, their Adam
+    kept across trainings, their stopping rule (more than `patience` steps without improvement, l. 343) and their
+    snapshots of the layers only, so that the log-variance bounds keep their last values (l. 261-276, 330).
     Returns the validation objective, shift and bias before and after, and the steps kept.
     """
-    with torch.no_grad():
-        val_prev = predict(prev_model, val_inputs)
+    if authors is None:
+        with torch.no_grad():
+            val_prev = predict(prev_model, val_inputs)  # M1 is frozen: on the fixed validation set, computed once
+
+        def objective(x, prev_pred=None):
+            return usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef, prev_pred)
+        optimizer, patience, snapshot_keys = None, args.finetune_patience, None
+    else:
+        val_prev, m1_layers = None, {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
+
+        def objective(x, prev_pred=None):
+            return authors_objective(model, m1_layers, x, args.shift_coef, args.bias_coef, authors.p, authors.q)
+        optimizer, patience, snapshot_keys = authors.optimizer, args.finetune_patience + 1, tuple(m1_layers)
 
     def validate():
         with torch.no_grad():
-            return [v.item() for v in usb_objective(model, prev_model, val_inputs, args.shift_coef, args.bias_coef, val_prev)]
+            return [v.item() for v in objective(val_inputs, val_prev)]
+
+    def snapshot():
+        return {k: v.clone() for k, v in model.state_dict().items() if snapshot_keys is None or k in snapshot_keys}
 
     before = validate()
-    best_loss, best_state, steps_kept, since_best = before[0], copy.deepcopy(model.state_dict()), 0, 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
+    best_loss, best_state, steps_kept, since_best = before[0], snapshot(), 0, 0
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
     for step in range(1, args.finetune_steps + 1):
         x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
-        loss, _, _ = usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef)
+        loss, _, _ = objective(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         val_loss = validate()[0]
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
-            best_loss, best_state, steps_kept, since_best = val_loss, copy.deepcopy(model.state_dict()), step, 0
+            best_loss, best_state, steps_kept, since_best = val_loss, snapshot(), step, 0
         else:
             since_best += 1
-            if since_best >= args.finetune_patience:
+            if since_best >= patience:
                 break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state, strict=False)
     after = validate()
     return dict(objective_before=before[0], shift_before=before[1], bias_before=before[2],
                 objective_after=after[0], shift_after=after[1], bias_after=after[2], finetune_steps=steps_kept)
@@ -690,7 +771,7 @@ def evaluate(actor, env, n_episodes, device):
     return float(np.mean(returns))
 
 
-def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch):
+def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch, authors=None):
     """One model update of the loop: phase 1, phase 2, then fresh rollouts. Returns the log entries."""
     device = real_buffer.data.device
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
@@ -700,9 +781,12 @@ def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, a
     stats = dict(model_epochs=model_epochs, holdout_mse_phase1=mse[model.elites].mean().item(),
                  holdout_nll_phase1=model.nll(holdout_x, holdout_y)[model.elites].mean().item())
     if not args.no_finetune and model_buffer.size > 0:
-        val_inputs = inputs[holdout[torch.randperm(len(holdout), device=device)[:1024]]]
+        if authors is None:
+            val_inputs = inputs[holdout[torch.randperm(len(holdout), device=device)[:1024]]]
+        else:  # their validation batch: exactly B rows, drawn with replacement (bnn.py l. 452)
+            val_inputs = inputs[holdout[torch.randint(len(holdout), (args.finetune_batch,), device=device)]]
         model_inputs = model_buffer.data[:model_buffer.size, :inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
-        stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args))
+        stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors))
         mse = model.mse(holdout_x, holdout_y)
         pick_elites(model, mse)
     stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
@@ -790,12 +874,15 @@ def main(argv=None):
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
     sac_update = torch.compile(agent.update) if args.compile else agent.update
+    authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
     start_step, model_stats = 1, {}
     if resume is not None:
         agent.load_state_dict(resume["agent"])
         model.load_state_dict(resume["model"])
         for opt, key in [(agent.actor_optim, "actor_optim"), (agent.qf_optim, "qf_optim"), (agent.alpha_optim, "alpha_optim"), (model_optim, "model_optim")]:
             opt.load_state_dict(resume[key])
+        if authors is not None:
+            authors.optimizer.load_state_dict(resume["finetune_optim"])
         real_buffer.load(resume["real_buffer"].to(device))
         model_buffer.resize(resume["model_buffer_capacity"])
         model_buffer.load(resume["model_buffer"].to(device), resume.get("model_buffer_ptr", 0))
@@ -852,7 +939,7 @@ def main(argv=None):
         if global_step >= args.learning_starts:
             epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase, as MBPO
             if global_step % args.model_train_freq == 0:
-                model_stats = train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch)
+                model_stats = train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch, authors)
                 for key, value in model_stats.items():
                     writer.add_scalar(f"model/{key}", value, global_step)
             if args.updates_per_step > 0:
@@ -894,7 +981,7 @@ def main(argv=None):
                                 alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
                                 real_buffer=real_buffer.rows().cpu(), model_buffer=model_buffer.rows().cpu(),
                                 model_buffer_capacity=model_buffer.capacity, model_buffer_ptr=model_buffer.ptr,
-                                model_stats=model_stats,
+                                model_stats=model_stats, finetune_optim=authors and authors.optimizer.state_dict(),
                                 rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state(),
                                 rng_action_space=env.action_space.np_random.bit_generator.state,
                                 env=env_state(env, obs), eval_env_rng=eval_env.unwrapped.np_random.bit_generator.state,
