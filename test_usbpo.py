@@ -596,12 +596,14 @@ def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     assert [int(r["env_steps"]) for r in rows] == [250, 500, 750, 1000, 1250]
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("objective", ["w2", "authors"])  # authors: their fine-tune's Adam lives across trainings
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective):
     """A kill and --resume cost nothing but time: the same evaluations, model statistics and final weights as a
     run never stopped, with the checkpoint falling in the middle of an episode."""
     argv = ["--env-id", "Hopper-v4", "--total-timesteps", "600", "--learning-starts", "200", "--epoch-length", "200",
             "--model-train-freq", "100", "--rollout-batch-size", "200", "--updates-per-step", "2", "--eval-episodes", "1",
-            "--model-max-epochs", "2", "--finetune-steps", "3", "--checkpoint-every", "1", "--no-progress"]
+            "--model-max-epochs", "2", "--finetune-steps", "3", "--checkpoint-every", "1", "--no-progress",
+            "--finetune-objective", objective]
     whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
     kill_at_evaluation(monkeypatch, 3)  # the evaluation of step 600, after the checkpoint of step 400
     with pytest.raises(KeyboardInterrupt):

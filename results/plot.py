@@ -20,7 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = {"usbpo": ("USB-PO", "tab:red"), "mbpo": ("MBPO (--no-finetune)", "tab:blue")}
+VARIANTS = {  # file prefix: label, colour (the order of the tables)
+    "usbpo": ("USB-PO", "tab:red"),
+    "usbpo_authors": ("USB-PO, authors' loss", "tab:orange"),
+    "usbpo_shift_only": ("USB-PO, shift term only", "tab:purple"),
+    "usbpo_bias_only": ("USB-PO, bias term only", "tab:green"),
+    "mbpo": ("MBPO (--no-finetune)", "tab:blue"),
+}
 
 
 def load(env_dir):
@@ -31,7 +37,12 @@ def load(env_dir):
         with open(path) as f:
             rows = list(csv.DictReader(f))
         runs.setdefault(variant, {})[int(seed)] = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
-    return runs
+    return {v: runs[v] for v in sorted(runs, key=lambda v: list(VARIANTS).index(v) if v in VARIANTS else len(VARIANTS))}
+
+
+def finetuned(runs):
+    """The variants that fine-tune (all but MBPO)."""
+    return {v: seeds for v, seeds in runs.items() if v != "mbpo"}
 
 
 def curve(seeds, column="eval_return"):
@@ -56,25 +67,29 @@ def plot_returns(env, runs):
     plt.close(fig)
 
 
-def plot_finetune(env, seeds):
+def plot_finetune(env, runs):
+    """Fine-tune diagnostics of every fine-tuning variant: colour = variant, one line per seed; before (solid) and
+    after (dashed) the fine-tune. The authors' shift and bias are other quantities than W2: compare their ratios."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     axes = axes.ravel()
-    for seed, run in seeds.items():
-        steps = run["env_steps"]
-        for ax, (before, after) in zip(axes[:3], [("shift_before", "shift_after"), ("bias_before", "bias_after"),
-                                                  ("holdout_mse_phase1", "holdout_mse_phase2")]):
-            line, = ax.plot(steps, run[before], alpha=0.8, label=f"seed {seed} before")
-            ax.plot(steps, run[after], "--", color=line.get_color(), alpha=0.8, label=f"seed {seed} after")
-        axes[3].plot(steps, run["finetune_steps"], "o-", ms=3, alpha=0.8, label=f"seed {seed}")
-    axes[0].set(title="model shift W2(p_M1, p_M2) on validation")
-    axes[1].set(title="model bias W2(p_M2, p_M*) on validation")
+    for variant, seeds in runs.items():
+        label, color = VARIANTS.get(variant, (variant, None))
+        for i, (seed, run) in enumerate(sorted(seeds.items())):
+            steps, name = run["env_steps"], f"{label}" + (f", seed {seed}" if len(seeds) > 1 else "")
+            for ax, (before, after) in zip(axes[:3], [("shift_before", "shift_after"), ("bias_before", "bias_after"),
+                                                      ("holdout_mse_phase1", "holdout_mse_phase2")]):
+                ax.plot(steps, run[before], color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} before")
+                ax.plot(steps, run[after], "--", color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} after")
+            axes[3].plot(steps, run["finetune_steps"], "o-", color=color, ms=3, alpha=0.8 - 0.3 * i, label=name)
+    axes[0].set(title="model shift on validation (W2; authors: their term)", yscale="log")
+    axes[1].set(title="model bias on validation (W2; authors: their term)", yscale="log")
     axes[2].set(title="holdout MSE of the elites, before / after the fine-tune", yscale="log")
     axes[3].set(title="fine-tune steps kept (0 = MLE model kept)", ylim=(-5, max(105, axes[3].get_ylim()[1])))
     for ax in axes:
         ax.set(xlabel="environment steps")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{env}: USB-PO fine-tune diagnostics (last model training of each epoch; before = after phase 1)")
+    axes[3].legend(fontsize=7)
+    fig.suptitle(f"{env}: fine-tune diagnostics (last model training of each epoch; before = after phase 1)")
     fig.tight_layout()
     fig.savefig(os.path.join(HERE, f"{env}_finetune.png"), dpi=110)
     plt.close(fig)
@@ -104,22 +119,29 @@ def table(env, runs, points, last):
             print(f"\n{VARIANTS.get(variant, (variant,))[0]}: first eval of return 1000 at " + ", ".join(solved))
 
 
-def diagnostics(env, seeds):
-    """How often the fine-tune keeps steps, how much it moves the two W2 terms, what it costs in MSE."""
-    print(f"\n{env}: USB-PO fine-tune, last model training of each epoch (medians over the trainings)\n")
-    print("| seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
-          "| bias/shift before | holdout MSE phase 2/phase 1 |")
-    print("|---|---|---|---|---|---|---|---|")
+def diagnostics(env, runs):
+    """What the fine-tune does to the model, per variant and seed: how often it keeps steps, how much it moves its
+    two terms, what it does to the holdout MSE and NLL, and the rollout model's MSE against MBPO's (same seed)."""
+    print(f"\n{env}: the fine-tune, last model training of each epoch (after/before: medians over the trainings that"
+          " kept steps; a training that keeps none leaves the model as phase 1 made it)\n")
+    print("| variant | seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
+          "| holdout MSE after/before | holdout NLL after - before (nats/dim) | rollout-model MSE, last 5 evals | MBPO's |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
-    for seed, run in sorted(seeds.items()):
-        done = ~np.isnan(run["finetune_steps"])
-        kept = done & (run["finetune_steps"] > 0)
-        steps_kept = f"{np.median(run['finetune_steps'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
-        print(f"| {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
-              f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
-              f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
-              f"| {med(run['bias_before'][done] / run['shift_before'][done])} "
-              f"| {med(run['holdout_mse_phase2'][done] / run['holdout_mse_phase1'][done])} |")
+    span = lambda x: f"{np.min(x):.3g}-{np.max(x):.3g}"  # noqa: E731
+    mbpo = runs.get("mbpo", {})
+    for variant, seeds in finetuned(runs).items():
+        for seed, run in sorted(seeds.items()):
+            done = ~np.isnan(run["finetune_steps"])
+            kept = done & (run["finetune_steps"] > 0)
+            steps_kept = f"{np.median(run['finetune_steps'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
+            theirs = span(mbpo[seed]["holdout_mse_phase2"][-5:]) if seed in mbpo else "-"
+            print(f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
+                  f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
+                  f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
+                  f"| {med(run['holdout_mse_phase2'][kept] / run['holdout_mse_phase1'][kept])} "
+                  f"| {med(run['holdout_nll_phase2'][kept] - run['holdout_nll_phase1'][kept])} "
+                  f"| {span(run['holdout_mse_phase2'][-5:])} | {theirs} |")
 
 
 def main():
@@ -129,14 +151,14 @@ def main():
     for env in envs:
         runs = load(os.path.join(HERE, env))
         plot_returns(env, runs)
-        if "usbpo" in runs:
-            plot_finetune(env, runs["usbpo"])
+        if finetuned(runs):
+            plot_finetune(env, finetuned(runs))
         last = min(curve(seeds)[0][-1] for seeds in runs.values())
         step = 1000 if last <= 10_000 else 5_000
         table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)], int(last))
-        if "usbpo" in runs:
-            diagnostics(env, runs["usbpo"])
-        print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if "usbpo" in runs else ""))
+        if finetuned(runs):
+            diagnostics(env, runs)
+        print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if finetuned(runs) else ""))
 
 
 if __name__ == "__main__":
