@@ -4,6 +4,7 @@ Each test checks a claim of usbpo.py against something independent of it: a clos
 against numerical integration, a termination function against the real environment, a
 training step against the holdout data, a run against the files it must write.
 """
+
 import copy
 import csv
 import glob
@@ -27,9 +28,30 @@ ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPOR
 
 def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
     """The command line of a configuration small enough for a run to go through every phase in seconds."""
-    return ["--env-id", env_id, "--total-timesteps", "750", "--learning-starts", "250", "--epoch-length", "250",
-            "--model-train-freq", "250", "--rollout-batch-size", "500", "--updates-per-step", "2", "--eval-episodes", "1",
-            "--model-max-epochs", "5", "--finetune-steps", "20", "--no-progress", *extra]
+    return [
+        "--env-id",
+        env_id,
+        "--total-timesteps",
+        "750",
+        "--learning-starts",
+        "250",
+        "--epoch-length",
+        "250",
+        "--model-train-freq",
+        "250",
+        "--rollout-batch-size",
+        "500",
+        "--updates-per-step",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--model-max-epochs",
+        "5",
+        "--finetune-steps",
+        "20",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def tiny_args(*extra, env_id="InvertedPendulum-v4"):
@@ -53,6 +75,7 @@ def random_transitions(env_id, n, seed=0):
 # --------------------------------------------------------------------------------------
 # W2 between diagonal Gaussians
 # --------------------------------------------------------------------------------------
+
 
 def psd_sqrt(m):
     w, v = np.linalg.eigh(m)
@@ -101,18 +124,22 @@ def test_w2_gaussian_zero_symmetric_differentiable():
 # Termination functions against the real environments
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("env_id", ALL_ENV_IDS)
 def test_termination_fn_agrees_with_env(env_id):
     """Every step of real episodes: random actions, bang-bang actions, and states pushed by random kicks."""
     env = usbpo.make_env(env_id, 0)
-    done_fn = usbpo.termination_fn(env_id)
+    termination_fn = usbpo.get_termination_fn(env_id)
     sim = env.unwrapped
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     observed, expected, acts = [], [], []
     for step in range(3000):
         if step % 3 == 0:  # a kick to qpos and qvel reaches states (flips, jumps, falls) random play rarely sees
-            sim.set_state(sim.data.qpos + rng.normal(scale=0.3, size=sim.model.nq), sim.data.qvel + rng.normal(scale=3.0, size=sim.model.nv))
+            sim.set_state(
+                sim.data.qpos + rng.normal(scale=0.3, size=sim.model.nq),
+                sim.data.qvel + rng.normal(scale=3.0, size=sim.model.nv),
+            )
             obs = env.unwrapped._get_obs()[: env.observation_space.shape[0]]
         act = env.action_space.sample() if step % 2 else np.sign(env.action_space.sample()) * env.action_space.high
         next_obs, _, terminated, truncated, _ = env.step(act)
@@ -122,7 +149,7 @@ def test_termination_fn_agrees_with_env(env_id):
         obs = env.reset()[0] if terminated or truncated else next_obs
     obs_next = torch.as_tensor(np.array(observed))
     n = env.observation_space.shape[0]
-    got = done_fn(obs_next[:, :n], torch.as_tensor(np.array(acts)), obs_next[:, n:])
+    got = termination_fn(obs_next[:, :n], torch.as_tensor(np.array(acts)), obs_next[:, n:])
     assert got.dtype == torch.bool and got.shape == (3000,)
     wrong = got != torch.tensor(expected)
     if env_id.startswith("InvertedDoublePendulum"):
@@ -142,7 +169,7 @@ def test_termination_fn_agrees_with_env(env_id):
 
 def test_unknown_env_refused_with_supported_list():
     with pytest.raises(SystemExit, match="Hopper-v4"):
-        usbpo.termination_fn("Swimmer-v4")
+        usbpo.get_termination_fn("Swimmer-v4")
 
 
 def test_observation_sizes_match_mbpo():
@@ -153,6 +180,7 @@ def test_observation_sizes_match_mbpo():
 # --------------------------------------------------------------------------------------
 # The dynamics ensemble
 # --------------------------------------------------------------------------------------
+
 
 def test_ensemble_members_are_independent():
     model = usbpo.GaussianEnsemble(4, 1, ensemble_size=7, hidden=32)
@@ -210,6 +238,7 @@ def test_model_step_uses_elites_only():
 # The USB fine-tune
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_pair():
     """M1 trained on early real data, M2 = M1 retrained on more, and a model buffer from M1."""
@@ -221,7 +250,9 @@ def trained_pair():
     early = buffer.rows()[:1000]
     usbpo.train_ensemble(model, optim, *usbpo.model_data(buffer, early), args)
     prev = copy.deepcopy(model).requires_grad_(False)
-    model_inputs = torch.cat(usbpo.model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(1000, obs_dim + act_dim)
+    model_inputs = torch.cat(usbpo.model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(
+        1000, obs_dim + act_dim
+    )
     inputs, targets = usbpo.model_data(buffer, buffer.rows())
     holdout, _, _ = usbpo.train_ensemble(model, optim, inputs, targets, args)
     return model, prev, model_inputs, inputs[holdout][:1024], args
@@ -232,7 +263,7 @@ def test_finetune_never_worsens_validation_objective(trained_pair):
     model = copy.deepcopy(model)
     stats = usbpo.usb_finetune(model, prev, model_inputs, val, args)
     assert stats["objective_after"] <= stats["objective_before"]
-    assert stats["finetune_steps"] > 0, "on this data the fine-tune should find an improvement"
+    assert stats["finetune_steps_kept"] > 0, "on this data the fine-tune should find an improvement"
     check, shift, bias = usbpo.usb_objective(model, prev, val, 1.0, 1.0)
     assert check.item() == pytest.approx(stats["objective_after"], rel=1e-5)
     assert shift.item() == pytest.approx(stats["shift_after"], rel=1e-5)
@@ -245,7 +276,7 @@ def test_finetune_with_zero_coefficients_changes_nothing(trained_pair):
     args = copy.copy(args)
     args.shift_coef = args.bias_coef = 0.0
     stats = usbpo.usb_finetune(model, prev, model_inputs, val, args)
-    assert stats["finetune_steps"] == 0
+    assert stats["finetune_steps_kept"] == 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
 
@@ -362,6 +393,7 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
 # Rollouts and the model buffer
 # --------------------------------------------------------------------------------------
 
+
 def test_rollout_length_schedule():
     schedule = (20, 150, 1, 15)
     assert [usbpo.rollout_length(e, schedule) for e in (0, 20, 85, 149, 150, 400)] == [1, 1, 8, 14, 15, 15]
@@ -385,7 +417,10 @@ def test_terminated_rollouts_stop():
     terminated = buffer.split(buffer.rows())[4]
     assert terminated.sum().item() == 500 + 250 + 125 + 63
     alive.clear()
-    everything = lambda obs, act, next_obs: torch.ones(len(obs), dtype=torch.bool)
+
+    def everything(obs, act, next_obs):
+        return torch.ones(len(obs), dtype=torch.bool)
+
     buffer = usbpo.ReplayBuffer(10_000, 4, 1, "cpu")
     usbpo.rollout(model, actor, everything, start, 5, buffer)
     assert buffer.size == 1000
@@ -393,21 +428,32 @@ def test_terminated_rollouts_stop():
 
 def test_model_buffer_sized_and_filled_as_mbpo():
     torch.manual_seed(0)
-    args = tiny_args("--rollout-schedule", "0", "2", "1", "3", "--rollout-batch-size", "400", "--retain-epochs", "2",
-                     env_id="HalfCheetah-v4")  # never terminates: every rollout runs k steps
+    args = tiny_args(
+        "--rollout-schedule",
+        "0",
+        "2",
+        "1",
+        "3",
+        "--rollout-batch-size",
+        "400",
+        "--retain-epochs",
+        "2",
+        env_id="HalfCheetah-v4",
+    )  # never terminates: every rollout runs k steps
     real, obs_dim, act_dim = random_transitions("HalfCheetah-v4", 500)
     agent = usbpo.SAC(obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), args)
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 32)
     optim = torch.optim.Adam(model.parameters(), 1e-3)
     model_buffer = usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu")
-    done_fn = usbpo.termination_fn(args.env_id)
+    termination_fn = usbpo.get_termination_fn(args.env_id)
     for epoch, k in [(0, 1), (1, 2), (2, 3), (2, 3), (2, 3)]:
         size_before = model_buffer.size
-        stats = usbpo.train_model(agent, model, optim, real, model_buffer, done_fn, args, epoch)
+        stats = usbpo.update_model(model, optim, real, model_buffer, args)
+        stats.update(usbpo.model_rollouts(model, agent.actor, termination_fn, real, model_buffer, args, epoch))
         capacity = 2 * 400 * (250 // 250) * k  # retain_epochs * rollout_batch * rollouts per epoch * k
         assert stats["rollout_length"] == k and model_buffer.capacity == capacity
         assert model_buffer.size == min(capacity, min(size_before, capacity) + 400 * k)
-        assert ("finetune_steps" in stats) == (size_before > 0)
+        assert ("finetune_steps_kept" in stats) == (size_before > 0)
 
 
 def test_replay_buffer_keeps_newest_rows_on_resize():
@@ -424,6 +470,7 @@ def test_replay_buffer_keeps_newest_rows_on_resize():
 # --------------------------------------------------------------------------------------
 # SAC
 # --------------------------------------------------------------------------------------
+
 
 def test_termination_cuts_bootstrap():
     torch.manual_seed(0)
@@ -449,8 +496,16 @@ def test_compiled_update_matches_eager(monkeypatch):
     compiled = copy.deepcopy(eager)
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # the eager RNG's noise, to compare
     update = torch.compile(compiled.update)
-    batches = [[torch.randn(256, 4), torch.rand(256, 1) * 6 - 3, torch.randn(256), torch.randn(256, 4),
-                (torch.rand(256) < 0.1).float()] for _ in range(3)]
+    batches = [
+        [
+            torch.randn(256, 4),
+            torch.rand(256, 1) * 6 - 3,
+            torch.randn(256),
+            torch.randn(256, 4),
+            (torch.rand(256) < 0.1).float(),
+        ]
+        for _ in range(3)
+    ]
     for batch in batches:
         torch.manual_seed(1)
         expected = eager.update(*batch)
@@ -510,14 +565,23 @@ def test_optimised_update_matches_plain_sac():
             lin.weight.data.copy_(layer.weight[i].T)
             lin.bias.data.copy_(layer.bias[i, 0])
         return torch.nn.Sequential(linears[0], torch.nn.ReLU(), linears[1], torch.nn.ReLU(), linears[2])
+
     actor = copy.deepcopy(agent.actor)
     q1, q2, q1_t, q2_t = member(agent.qf, 0), member(agent.qf, 1), member(agent.qf_target, 0), member(agent.qf_target, 1)
     log_alpha = torch.nn.Parameter(torch.zeros(()))
-    optims = dict(q=torch.optim.Adam([*q1.parameters(), *q2.parameters()], lr=args.lr),
-                  actor=torch.optim.Adam(actor.parameters(), lr=args.lr), alpha=torch.optim.Adam([log_alpha], lr=args.lr))
+    optims = dict(
+        q=torch.optim.Adam([*q1.parameters(), *q2.parameters()], lr=args.lr),
+        actor=torch.optim.Adam(actor.parameters(), lr=args.lr),
+        alpha=torch.optim.Adam([log_alpha], lr=args.lr),
+    )
     for step in range(5):
-        batch = [torch.randn(256, 4), torch.rand(256, 1) * 6 - 3, torch.randn(256), torch.randn(256, 4),
-                 (torch.rand(256) < 0.1).float()]
+        batch = [
+            torch.randn(256, 4),
+            torch.rand(256, 1) * 6 - 3,
+            torch.randn(256),
+            torch.randn(256, 4),
+            (torch.rand(256) < 0.1).float(),
+        ]
         torch.manual_seed(100 + step)
         got = agent.update(*batch)
         torch.manual_seed(100 + step)
@@ -547,6 +611,7 @@ def test_ensemble_linear_equals_one_linear_per_member():
 
 def test_actor_log_prob_matches_torch_distributions():
     from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+
     torch.manual_seed(0)
     actor = usbpo.Actor(3, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0])).double()
     obs = torch.randn(500, 3, dtype=torch.float64)
@@ -556,7 +621,9 @@ def test_actor_log_prob_matches_torch_distributions():
     mean, log_std = actor.net(obs).chunk(2, dim=-1)
     torch.manual_seed(1)
     u = mean + torch.randn_like(mean) * log_std.clamp(usbpo.LOG_STD_MIN, usbpo.LOG_STD_MAX).exp()
-    dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(actor.act_bias, actor.act_scale)])
+    dist = TransformedDistribution(
+        Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(actor.act_bias, actor.act_scale)]
+    )
     reference = dist.log_prob(torch.tanh(u) * actor.act_scale + actor.act_bias).sum(-1)
     keep = u.abs().max(-1).values < 3  # where atanh inside torch.distributions is still accurate
     assert keep.sum() > 400
@@ -578,17 +645,40 @@ def kill_at_evaluation(monkeypatch, n):
 
 def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     """HalfCheetah is truncated at 1000 steps and never terminated: the stored flags must all be 0."""
-    argv = ["--env-id", "HalfCheetah-v4", "--total-timesteps", "1250", "--learning-starts", "1000",
-            "--epoch-length", "250", "--model-train-freq", "250", "--rollout-batch-size", "200",
-            "--updates-per-step", "1", "--eval-episodes", "1", "--model-max-epochs", "2", "--finetune-steps", "3",
-            "--checkpoint-every", "1", "--no-progress", "--runs-dir", str(tmp_path)]
+    argv = [
+        "--env-id",
+        "HalfCheetah-v4",
+        "--total-timesteps",
+        "1250",
+        "--learning-starts",
+        "1000",
+        "--epoch-length",
+        "250",
+        "--model-train-freq",
+        "250",
+        "--rollout-batch-size",
+        "200",
+        "--updates-per-step",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--model-max-epochs",
+        "2",
+        "--finetune-steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     kill_at_evaluation(monkeypatch, 5)  # the evaluation of step 1250, after the checkpoint of step 1000
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv)
     run_dir = glob.glob(str(tmp_path / "*"))[0]
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
     assert ckpt["global_step"] == 1000
-    assert ckpt["real_buffer"].shape[0] == 1000 and torch.all(ckpt["real_buffer"][:, -1] == 0)
+    assert ckpt["real_buffer"]["rows"].shape[0] == 1000 and torch.all(ckpt["real_buffer"]["rows"][:, -1] == 0)
     monkeypatch.undo()
     usbpo.main(["--resume", run_dir])
     with open(os.path.join(run_dir, "progress.csv")) as f:
@@ -600,17 +690,40 @@ def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective):
     """A kill and --resume cost nothing but time: the same evaluations, model statistics and final weights as a
     run never stopped, with the checkpoint falling in the middle of an episode."""
-    argv = ["--env-id", "Hopper-v4", "--total-timesteps", "600", "--learning-starts", "200", "--epoch-length", "200",
-            "--model-train-freq", "100", "--rollout-batch-size", "200", "--updates-per-step", "2", "--eval-episodes", "1",
-            "--model-max-epochs", "2", "--finetune-steps", "3", "--checkpoint-every", "1", "--no-progress",
-            "--finetune-objective", objective]
+    argv = [
+        "--env-id",
+        "Hopper-v4",
+        "--total-timesteps",
+        "600",
+        "--learning-starts",
+        "200",
+        "--epoch-length",
+        "200",
+        "--model-train-freq",
+        "100",
+        "--rollout-batch-size",
+        "200",
+        "--updates-per-step",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--model-max-epochs",
+        "2",
+        "--finetune-steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--finetune-objective",
+        objective,
+    ]
     whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
     kill_at_evaluation(monkeypatch, 3)  # the evaluation of step 600, after the checkpoint of step 400
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv + ["--runs-dir", str(tmp_path / "killed")])
     killed = glob.glob(str(tmp_path / "killed" / "*"))[0]
     ckpt = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)
-    assert ckpt["global_step"] == 400 and ckpt["env"]["elapsed_steps"] > 0  # mid-episode
+    assert ckpt["global_step"] == 400 and ckpt["env_and_rng"]["elapsed_steps"] > 0  # mid-episode
     monkeypatch.undo()
     usbpo.main(["--resume", killed])
 
@@ -625,7 +738,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
     for key in ["agent", "model"]:
         for name, tensor in end_a[key].items():
             assert torch.equal(tensor, end_b[key][name]), (key, name)
-    assert torch.equal(end_a["real_buffer"], end_b["real_buffer"])
+    assert torch.equal(end_a["real_buffer"]["rows"], end_b["real_buffer"]["rows"])
     with open(os.path.join(killed, "progress.csv")) as f:
         last_two = list(csv.DictReader(f))[-2:]
     wall, sps = [float(r["wall_time"]) for r in last_two], float(last_two[1]["sps"])
@@ -636,26 +749,66 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
 # End to end
 # --------------------------------------------------------------------------------------
 
+
 def test_end_to_end_run_writes_every_output(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    args = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "750", "--learning-starts", "250",
-            "--rollout-batch-size", "500", "--updates-per-step", "2", "--eval-episodes", "2",
-            "--model-max-epochs", "5", "--finetune-steps", "10", "--save-model", "--no-progress", "--runs-dir", str(tmp_path)]
+
+    args = [
+        "--env-id",
+        "InvertedPendulum-v4",
+        "--total-timesteps",
+        "750",
+        "--learning-starts",
+        "250",
+        "--rollout-batch-size",
+        "500",
+        "--updates-per-step",
+        "2",
+        "--eval-episodes",
+        "2",
+        "--model-max-epochs",
+        "5",
+        "--finetune-steps",
+        "10",
+        "--save-model",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     run_dir = usbpo.main(args)
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["env_steps"]) for r in rows] == [250, 500, 750]
     assert set(usbpo.CSV_FIELDS) <= set(rows[0])
-    assert rows[0]["finetune_steps"] == "nan"  # first model training: the model buffer is still empty
+    assert rows[0]["finetune_steps_kept"] == "nan"  # first model training: the model buffer is still empty
     for r in rows[1:]:  # later trainings go through phase 2
-        for key in ["holdout_mse_phase1", "holdout_mse_phase2", "holdout_nll_phase1", "holdout_nll_phase2", "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps"]:
+        for key in [
+            "holdout_mse_phase1",
+            "holdout_mse_phase2",
+            "holdout_nll_phase1",
+            "holdout_nll_phase2",
+            "shift_before",
+            "shift_after",
+            "bias_before",
+            "bias_after",
+            "finetune_steps_kept",
+        ]:
             assert math.isfinite(float(r[key])), key
         assert float(r["shift_before"]) > 0 and int(float(r["rollout_length"])) == 1
     events = EventAccumulator(run_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ["charts/episodic_return", "charts/SPS", "charts/eval_return", "losses/qf_loss", "losses/actor_loss",
-                "losses/alpha", "model/holdout_mse_phase1", "model/shift_after", "model/finetune_steps"]:
+    for tag in [
+        "charts/episodic_return",
+        "charts/SPS",
+        "charts/eval_return",
+        "losses/qf_loss",
+        "losses/actor_loss",
+        "losses/alpha",
+        "model/holdout_mse_phase1",
+        "model/shift_after",
+        "model/finetune_steps_kept",
+    ]:
         assert tag in tags, tag
     saved = torch.load(os.path.join(run_dir, "model.pt"))
     actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
@@ -663,16 +816,19 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert set(saved) >= {"actor", "qf", "ensemble", "args"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--env-id", "CartPole-v1"], "unsupported environment"),
-    (["--env-id", "Hopper-v3"], "unsupported environment"),
-    (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
-    (["--total-timesteps", "1000", "--learning-starts", "5000"], "beyond --total-timesteps"),
-    (["--num-elites", "9"], "cannot exceed"),
-    (["--real-ratio", "1.5"], "--real-ratio"),
-    (["--seed", "abc"], "invalid int value"),
-    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env-id", "CartPole-v1"], "unsupported environment"),
+        (["--env-id", "Hopper-v3"], "unsupported environment"),
+        (["--total-timesteps", "-5"], "--total-timesteps: must be positive"),
+        (["--total-timesteps", "1000", "--learning-starts", "5000"], "beyond --total-timesteps"),
+        (["--num-elites", "9"], "cannot exceed"),
+        (["--real-ratio", "1.5"], "--real-ratio"),
+        (["--seed", "abc"], "invalid int value"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+    ],
+)
 def test_bad_input_gives_one_line_error(argv, message):
     assert_one_line_error(argv, message)
 
@@ -700,8 +856,17 @@ def assert_failed_with_one_line(returncode, stderr, message):
 
 def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
     """Ctrl-C after a checkpoint: one line, no traceback; the --resume command for the run folder was printed."""
-    argv = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "5000", "--checkpoint-every", "1",
-            "--no-progress", "--runs-dir", str(tmp_path)]
+    argv = [
+        "--env-id",
+        "InvertedPendulum-v4",
+        "--total-timesteps",
+        "5000",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(usbpo_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(os.path.join(tmp_path, "*", "checkpoint.pt")) and time.time() < deadline:
@@ -716,8 +881,21 @@ def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
 
 def test_learns_inverted_pendulum(tmp_path):
     """A real task learnt end to end: the deterministic policy balances the pendulum."""
-    run_dir = usbpo.main(["--env-id", "InvertedPendulum-v4", "--seed", "1", "--total-timesteps", "3000",
-                          "--eval-episodes", "5", "--no-progress", "--runs-dir", str(tmp_path)])
+    run_dir = usbpo.main(
+        [
+            "--env-id",
+            "InvertedPendulum-v4",
+            "--seed",
+            "1",
+            "--total-timesteps",
+            "3000",
+            "--eval-episodes",
+            "5",
+            "--no-progress",
+            "--runs-dir",
+            str(tmp_path),
+        ]
+    )
     with open(os.path.join(run_dir, "progress.csv")) as f:
         returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
     assert max(returns) >= 900, returns

@@ -9,7 +9,8 @@ A one-file reference implementation in the style of CleanRL. Read it top to bott
     5. the USB fine-tune                    (phase 2: Eq. 3, W2 model shift + W2 model bias)
     6. SAC
     7. model rollouts
-    8. the training loop
+    8. the training loop                    (main: MBPO's steps, USB-PO's model update)
+    9. run management                       (logging, checkpoints)
 
 USB-PO is MBPO (Janner et al., 2019) with one extra step: after the ensemble M2 has been
 retrained by maximum likelihood, it is fine-tuned to minimise
@@ -20,6 +21,7 @@ validation estimate of that sum improves.
     python usbpo.py --env-id Walker2d-v4                 # USB-PO
     python usbpo.py --env-id Walker2d-v4 --no-finetune   # plain MBPO, same code path
 """
+
 import argparse
 import copy
 import csv
@@ -40,23 +42,44 @@ import torch.nn.functional as F
 # 1. Configuration
 # ======================================================================================
 
-# Per-environment settings of the authors' configs (identical to MBPO's). A flag given on
-# the command line wins; a flag left out takes the value here.
-# rollout_schedule = [epoch_start, epoch_end, k_start, k_end]: the rollout length k grows
-# linearly from k_start to k_end between those epochs.
+# Per-environment settings of the authors' configs (identical to MBPO's). A flag given on the command line wins;
+# a flag left out takes the value here. rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout
+# length k grows linearly from k_start to k_end between those epochs. Last, what differs from COMMON_PRESET.
+PRESET_FLAGS = "updates_per_step model_train_freq retain_epochs rollout_schedule target_entropy total_timesteps".split()
+# fmt: off
 PRESETS = {
-    "Hopper":      dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 15), target_entropy=-1.0, total_timesteps=125_000),
-    "Walker2d":    dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 1), target_entropy=-3.0, total_timesteps=300_000),
-    "HalfCheetah": dict(updates_per_step=40, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 150, 1, 1), target_entropy=-3.0, total_timesteps=400_000),
-    "Ant":         dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(20, 100, 1, 25), target_entropy=-4.0, total_timesteps=300_000),
-    "Humanoid":    dict(updates_per_step=20, model_train_freq=1000, retain_epochs=5, rollout_schedule=(20, 300, 1, 25), target_entropy=-2.0, total_timesteps=300_000, model_hidden=400),
-    "InvertedPendulum":       dict(updates_per_step=10, model_train_freq=250, retain_epochs=1, rollout_schedule=(1, 15, 1, 1), target_entropy=-0.05, total_timesteps=15_000, epoch_length=250, learning_starts=500),
-    "InvertedDoublePendulum": dict(updates_per_step=20, model_train_freq=250, retain_epochs=1, rollout_schedule=(1, 15, 1, 1), target_entropy=-0.5, total_timesteps=15_000, epoch_length=250, learning_starts=500),
+    "Hopper":                 (20,  250, 1, (20, 150, 1, 15), -1.0,  125_000, {}),
+    "Walker2d":               (20,  250, 1, (20, 150, 1, 1),  -3.0,  300_000, {}),
+    "HalfCheetah":            (40,  250, 1, (20, 150, 1, 1),  -3.0,  400_000, {}),
+    "Ant":                    (20,  250, 1, (20, 100, 1, 25), -4.0,  300_000, {}),
+    "Humanoid":               (20, 1000, 5, (20, 300, 1, 25), -2.0,  300_000, {"model_hidden": 400}),
+    "InvertedPendulum":       (10,  250, 1, (1, 15, 1, 1),    -0.05,  15_000, {"epoch_length": 250, "learning_starts": 500}),
+    "InvertedDoublePendulum": (20,  250, 1, (1, 15, 1, 1),    -0.5,   15_000, {"epoch_length": 250, "learning_starts": 500}),
 }
-COMMON_PRESET = dict(epoch_length=1000, learning_starts=5000, model_hidden=200)
+# fmt: on
+COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200}
 # MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}
 SUPPORTED_VERSIONS = ("v4", "v5")
+
+
+def flag_type(kind, ok, words):
+    """An argparse type: text -> kind, refused with one line ('must be <words>') unless ok(value)."""
+
+    def parse(text):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's message for text that is no number: "invalid int value"
+    return parse
+
+
+POSITIVE_INT, COUNT = flag_type(int, lambda v: v > 0, "positive"), flag_type(int, lambda v: v >= 0, "zero or positive")
+POSITIVE, NON_NEGATIVE = flag_type(float, lambda v: v > 0, "positive"), flag_type(float, lambda v: v >= 0, "zero or positive")
+FRACTION = flag_type(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+OPEN_FRACTION = flag_type(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def build_parser():
@@ -64,50 +87,55 @@ def build_parser():
     p.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     a = p.add_argument
     a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5 (see PRESETS)")
-    a("--exp-name", default=None, help="name of the run (default: usbpo, or mbpo with --no-finetune)")
-    a("--seed", type=int, default=1, help="seed of random, numpy, torch and the environments")
+    a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
+    a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    a("--total-timesteps", type=int, help="environment steps in the run [preset]")
-    a("--learning-starts", type=int, help="uniform random steps before model and policy training [preset]")
-    a("--epoch-length", type=int, help="env steps per epoch: evaluation, logging, rollout schedule [preset]")
-    a("--eval-episodes", type=int, default=5, help="deterministic evaluation episodes at the end of each epoch")
+    a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run [preset]")
+    a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training [preset]")
+    a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule [preset]")
+    a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes at the end of each epoch")
     # dynamics ensemble (phase 1)
-    a("--model-train-freq", type=int, help="env steps between two model trainings [preset]")
-    a("--ensemble-size", type=int, default=7, help="members of the dynamics ensemble")
-    a("--num-elites", type=int, default=5, help="members used in rollouts (lowest holdout MSE)")
-    a("--model-hidden", type=int, help="units in each of the 4 hidden layers of a member [preset]")
-    a("--model-lr", type=float, default=1e-3, help="Adam learning rate of the maximum-likelihood training")
-    a("--model-batch-size", type=int, default=256, help="minibatch per member in the maximum-likelihood training")
-    a("--holdout-ratio", type=float, default=0.2, help="fraction of the real data held out for early stopping")
-    a("--max-holdout", type=int, default=5000, help="cap on the holdout size")
-    a("--model-patience", type=int, default=5, help="stop after this many epochs without a 1%% holdout improvement")
-    a("--model-max-epochs", type=int, default=None, help="optional cap on the epochs of one model training")
+    a("--model-train-freq", type=POSITIVE_INT, help="env steps between two model trainings [preset]")
+    a("--ensemble-size", type=POSITIVE_INT, default=7, help="members of the dynamics ensemble")
+    a("--num-elites", type=POSITIVE_INT, default=5, help="members used in rollouts (lowest holdout MSE)")
+    a("--model-hidden", type=POSITIVE_INT, help="units in each of the 4 hidden layers of a member [preset]")
+    a("--model-lr", type=POSITIVE, default=1e-3, help="Adam learning rate of the maximum-likelihood training")
+    a("--model-batch-size", type=POSITIVE_INT, default=256, help="minibatch per member in the maximum-likelihood training")
+    a("--holdout-ratio", type=OPEN_FRACTION, default=0.2, help="fraction of the real data held out for early stopping")
+    a("--max-holdout", type=POSITIVE_INT, default=5000, help="cap on the holdout size")
+    a("--model-patience", type=POSITIVE_INT, default=5, help="stop after this many epochs without a 1%% holdout improvement")
+    a("--model-max-epochs", type=POSITIVE_INT, default=None, help="optional cap on the epochs of one model training")
     # USB fine-tune (phase 2)
     a("--no-finetune", action="store_true", help="skip phase 2: plain MBPO")
-    a("--shift-coef", type=float, default=1.0, help="weight of the model-shift term W2(p_M1, p_M2)")
-    a("--bias-coef", type=float, default=1.0, help="weight of the model-bias term W2(p_M2, p_M*)")
-    a("--finetune-objective", choices=["w2", "authors"], default="w2",
-      help="w2: Eq. 3 with per-sample closed-form W2 (SPEC); authors: the loss of the authors' code, quirks included")
-    a("--finetune-lr", type=float, default=1e-4, help="Adam learning rate of the fine-tune")
-    a("--finetune-batch", type=int, default=1024, help="(s, a) from the model buffer per fine-tune step")
-    a("--finetune-steps", type=int, default=100, help="maximum fine-tune steps per model training")
-    a("--finetune-patience", type=int, default=10, help="stop after this many steps without validation improvement")
+    a("--shift-coef", type=NON_NEGATIVE, default=1.0, help="weight of the model-shift term W2(p_M1, p_M2)")
+    a("--bias-coef", type=NON_NEGATIVE, default=1.0, help="weight of the model-bias term W2(p_M2, p_M*)")
+    a("--finetune-objective", choices=["w2", "authors"], default="w2", help="w2: Eq. 3 (SPEC); authors: their code's loss")
+    a("--finetune-lr", type=POSITIVE, default=1e-4, help="Adam learning rate of the fine-tune")
+    a("--finetune-batch", type=POSITIVE_INT, default=1024, help="(s, a) from the model buffer per fine-tune step")
+    a("--finetune-steps", type=COUNT, default=100, help="maximum fine-tune steps per model training")
+    a("--finetune-patience", type=POSITIVE_INT, default=10, help="stop after this many steps without validation improvement")
     # rollouts
-    a("--rollout-batch-size", type=int, default=100_000, help="start states branched from real data per model training")
-    a("--rollout-schedule", type=int, nargs=4, metavar=("E0", "E1", "K0", "K1"), help="rollout length k from K0 at epoch E0 to K1 at epoch E1 [preset]")
-    a("--retain-epochs", type=int, help="epochs of rollouts the model buffer keeps [preset]")
-    a("--real-ratio", type=float, default=0.05, help="fraction of each SAC batch drawn from real data")
+    a("--rollout-batch-size", type=POSITIVE_INT, default=100_000, help="real start states per model rollout phase")
+    a(
+        "--rollout-schedule",
+        type=COUNT,
+        nargs=4,
+        metavar=("E0", "E1", "K0", "K1"),
+        help="k: K0 at epoch E0 to K1 at E1 [preset]",
+    )
+    a("--retain-epochs", type=POSITIVE_INT, help="epochs of rollouts the model buffer keeps [preset]")
+    a("--real-ratio", type=FRACTION, default=0.05, help="fraction of each SAC batch drawn from real data")
     # SAC
-    a("--updates-per-step", type=int, help="SAC updates per environment step [preset]")
-    a("--batch-size", type=int, default=256, help="SAC minibatch")
-    a("--gamma", type=float, default=0.99, help="discount")
-    a("--tau", type=float, default=5e-3, help="target network smoothing")
-    a("--lr", type=float, default=3e-4, help="Adam learning rate of actor, critics and temperature")
+    a("--updates-per-step", type=COUNT, help="SAC updates per environment step [preset]")
+    a("--batch-size", type=POSITIVE_INT, default=256, help="SAC minibatch")
+    a("--gamma", type=FRACTION, default=0.99, help="discount")
+    a("--tau", type=FRACTION, default=5e-3, help="target network smoothing")
+    a("--lr", type=POSITIVE, default=3e-4, help="Adam learning rate of actor, critics and temperature")
     a("--target-entropy", type=float, help="entropy target of the automatic temperature [preset]")
     a("--compile", action="store_true", help="torch.compile the SAC update (pays off on GPU; on CPU the matmuls dominate)")
     # run management
     a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
-    a("--checkpoint-every", type=int, default=5, help="epochs between resumable checkpoints (0: never)")
+    a("--checkpoint-every", type=COUNT, default=5, help="epochs between resumable checkpoints (0: never)")
     a("--resume", default=None, help="run folder whose checkpoint.pt to continue from")
     a("--runs-dir", default="runs", help="where run folders are created")
     a("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
@@ -128,8 +156,10 @@ def env_family(env_id):
 
 
 def parse_args(argv=None):
+    """The flags, with the preset of the chosen environment filled in where a flag was left out, checked."""
     args = build_parser().parse_args(argv)
-    preset = {**COMMON_PRESET, **PRESETS[env_family(args.env_id)]}
+    *values, extra = PRESETS[env_family(args.env_id)]
+    preset = {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -137,23 +167,14 @@ def parse_args(argv=None):
     if args.exp_name is None:
         args.exp_name = "mbpo" if args.no_finetune else "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
     check_args(args)
+    args.device = resolve_device(args.device)
     return args
 
 
 def check_args(args):
-    positive = ["total_timesteps", "learning_starts", "epoch_length", "model_train_freq", "ensemble_size", "num_elites",
-                "model_hidden", "model_batch_size", "max_holdout", "model_patience", "finetune_batch", "finetune_patience",
-                "rollout_batch_size", "retain_epochs", "batch_size", "eval_episodes"]
-    for name in positive:
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ["updates_per_step", "finetune_steps", "checkpoint_every", "shift_coef", "bias_coef"]:
-        if getattr(args, name) < 0:
-            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
-    if args.model_max_epochs is not None and args.model_max_epochs <= 0:
-        fail(f"--model-max-epochs must be positive, got {args.model_max_epochs}")
+    """The checks between flags (each flag's own range is checked by its argparse type)."""
     if args.learning_starts > args.total_timesteps:
-        fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); lower it or train longer")
+        fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); train longer")
     if args.learning_starts < 10:
         fail("--learning-starts must be at least 10: the model needs real data to train and hold out")
     if args.num_elites > args.ensemble_size:
@@ -162,45 +183,39 @@ def check_args(args):
         fail("--finetune-objective chooses the fine-tune's loss, and --no-finetune skips the fine-tune: drop one")
     if args.ensemble_size < 2 and not args.no_finetune:
         fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
-    if not 0.0 < args.holdout_ratio < 1.0:
-        fail(f"--holdout-ratio must be in (0, 1), got {args.holdout_ratio}")
-    if not 0.0 <= args.real_ratio <= 1.0:
-        fail(f"--real-ratio must be in [0, 1], got {args.real_ratio}")
-    for name in ["gamma", "tau"]:
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            fail(f"--{name} must be in [0, 1], got {getattr(args, name)}")
-    for name in ["model_lr", "finetune_lr", "lr"]:
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     e0, e1, k0, k1 = args.rollout_schedule
-    if min(k0, k1) < 1 or e1 < e0 or e0 < 0:
-        fail(f"--rollout-schedule needs 0 <= E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
-    if args.device != "auto":
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            fail(f"--device '{args.device}' is not a device; use auto, cpu, cuda or cuda:N")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            fail(f"--device {args.device} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if min(k0, k1) < 1 or e1 < e0:
+        fail(f"--rollout-schedule needs E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
+
+
+def resolve_device(name):
+    """'auto' -> cuda when torch sees a GPU, else cpu; any other name is checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"--device '{name}' is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return str(device)
 
 
 # ======================================================================================
 # 2. Environments and termination functions
 # ======================================================================================
 
+
 def make_env(env_id, seed):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics."""
     import gymnasium as gym
-    try:
-        import mujoco  # noqa: F401  (imported here only for a clear message when missing)
-    except ImportError:
-        fail("MuJoCo is not installed: pip install -r requirements.txt")
+
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         try:
             env = gym.make(env_id)
-        except gym.error.Error as e:
+        except gym.error.Error as e:  # MuJoCo missing, among others
             fail(f"could not make '{env_id}' ({e}); pip install -r requirements.txt")
     if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
         n = OBS_DIMS[family]
@@ -229,8 +244,7 @@ def _ant(obs, act, next_obs):
 
 
 def _humanoid(obs, act, next_obs):
-    z = next_obs[:, 0]
-    return ~((z > 1.0) & (z < 2.0))
+    return ~((next_obs[:, 0] > 1.0) & (next_obs[:, 0] < 2.0))
 
 
 def _half_cheetah(obs, act, next_obs):
@@ -248,12 +262,18 @@ def _inverted_double_pendulum(obs, act, next_obs):
     return 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0
 
 
-TERMINATION_FNS = {"Hopper": _hopper, "Walker2d": _walker2d, "Ant": _ant, "Humanoid": _humanoid,
-                   "HalfCheetah": _half_cheetah, "InvertedPendulum": _inverted_pendulum,
-                   "InvertedDoublePendulum": _inverted_double_pendulum}
+TERMINATION_FNS = {
+    "Hopper": _hopper,
+    "Walker2d": _walker2d,
+    "Ant": _ant,
+    "Humanoid": _humanoid,
+    "HalfCheetah": _half_cheetah,
+    "InvertedPendulum": _inverted_pendulum,
+    "InvertedDoublePendulum": _inverted_double_pendulum,
+}
 
 
-def termination_fn(env_id):
+def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions."""
     return TERMINATION_FNS[env_family(env_id)]
 
@@ -261,6 +281,7 @@ def termination_fn(env_id):
 # ======================================================================================
 # 3. Replay buffers
 # ======================================================================================
+
 
 class ReplayBuffer:
     """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated].
@@ -278,7 +299,7 @@ class ReplayBuffer:
         return len(self.data)
 
     def add(self, rows):
-        rows = rows[-self.capacity:]
+        rows = rows[-self.capacity :]
         idx = (self.ptr + torch.arange(len(rows), device=rows.device)) % self.capacity
         self.data[idx] = rows
         self.ptr = (self.ptr + len(rows)) % self.capacity
@@ -287,8 +308,8 @@ class ReplayBuffer:
     def rows(self):
         """All stored rows, oldest first."""
         if self.size < self.capacity:
-            return self.data[:self.size]
-        return torch.cat([self.data[self.ptr:], self.data[:self.ptr]])
+            return self.data[: self.size]
+        return torch.cat([self.data[self.ptr :], self.data[: self.ptr]])
 
     def resize(self, capacity):
         """New capacity, keeping the newest rows (MBPO reallocates its model pool this way)."""
@@ -305,6 +326,13 @@ class ReplayBuffer:
         if self.size == self.capacity and ptr:
             self.data, self.ptr = self.data.roll(ptr, 0), ptr
 
+    def state_dict(self):
+        return dict(rows=self.rows().cpu(), capacity=self.capacity, ptr=self.ptr)
+
+    def load_state_dict(self, state):
+        self.resize(state["capacity"])
+        self.load(state["rows"].to(self.data.device), state["ptr"])
+
     def split(self, rows):
         """(obs, act, rew, next_obs, terminated) views of rows, rew and terminated without the last axis."""
         obs, act, rew, next_obs, term = rows.split(self.widths, dim=-1)
@@ -314,6 +342,7 @@ class ReplayBuffer:
 # ======================================================================================
 # 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO)
 # ======================================================================================
+
 
 class EnsembleLinear(nn.Module):
     """E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]."""
@@ -432,7 +461,7 @@ def train_ensemble(model, optimizer, inputs, targets, args):
     while True:
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
         for start in range(0, n_train, args.model_batch_size):
-            idx = order[:, start:start + args.model_batch_size]
+            idx = order[:, start : start + args.model_batch_size]
             loss = model.loss(inputs[idx], targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -463,6 +492,7 @@ def pick_elites(model, holdout_mse):
 # ======================================================================================
 # 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*)
 # ======================================================================================
+
 
 def w2_gaussian(mu1, std1, mu2, std2):
     """Second-order Wasserstein distance between diagonal Gaussians, per sample (last axis = dimension).
@@ -586,12 +616,14 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
         def objective(x, prev_pred=None):
             return usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef, prev_pred)
+
         optimizer, patience, snapshot_keys = None, args.finetune_patience, None
     else:
         val_prev, m1_layers = None, {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
 
         def objective(x, prev_pred=None):
             return authors_objective(model, m1_layers, x, args.shift_coef, args.bias_coef, authors.p, authors.q)
+
         optimizer, patience, snapshot_keys = authors.optimizer, args.finetune_patience + 1, tuple(m1_layers)
 
     def validate():
@@ -619,8 +651,9 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
                 break
     model.load_state_dict(best_state, strict=False)
     after = validate()
-    return dict(objective_before=before[0], shift_before=before[1], bias_before=before[2],
-                objective_after=after[0], shift_after=after[1], bias_after=after[2], finetune_steps=steps_kept)
+    stats = {f"{name}_before": value for name, value in zip(("objective", "shift", "bias"), before)}
+    stats.update({f"{name}_after": value for name, value in zip(("objective", "shift", "bias"), after)})
+    return {**stats, "finetune_steps_kept": steps_kept}
 
 
 # ======================================================================================
@@ -635,7 +668,9 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim, act_dim, act_low, act_high):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2 * act_dim))
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2 * act_dim)
+        )
         self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
         self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
 
@@ -658,7 +693,9 @@ class TwinQ(nn.Module):
 
     def __init__(self, obs_dim, act_dim):
         super().__init__()
-        self.layers = nn.ModuleList([EnsembleLinear(2, obs_dim + act_dim, 256), EnsembleLinear(2, 256, 256), EnsembleLinear(2, 256, 1)])
+        self.layers = nn.ModuleList(
+            [EnsembleLinear(2, obs_dim + act_dim, 256), EnsembleLinear(2, 256, 256), EnsembleLinear(2, 256, 1)]
+        )
 
     def forward(self, obs, act):
         x = torch.cat([obs, act], dim=-1).expand(2, len(obs), -1)
@@ -711,6 +748,7 @@ class SAC(nn.Module):
 # 7. Model rollouts
 # ======================================================================================
 
+
 def rollout_length(epoch, schedule):
     """k from the schedule [epoch_start, epoch_end, k_start, k_end], linear in between (MBPO, truncated to int)."""
     e0, e1, k0, k1 = schedule
@@ -724,7 +762,7 @@ def model_buffer_capacity(args, k):
 
 
 @torch.no_grad()
-def rollout(model, actor, done_fn, start_obs, k, model_buffer):
+def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
     """Branch k-step rollouts of the stochastic policy in the model from real start states.
 
     Every transition is stored; a rollout that terminates is not continued.
@@ -733,7 +771,7 @@ def rollout(model, actor, done_fn, start_obs, k, model_buffer):
     for _ in range(k):
         act, _ = actor(obs)
         rew, next_obs = model.step(obs, act)
-        terminated = done_fn(obs, act, next_obs)
+        terminated = termination_fn(obs, act, next_obs)
         model_buffer.add(torch.cat([obs, act, rew[:, None], next_obs, terminated[:, None].float()], dim=-1))
         obs = next_obs[~terminated]
         if len(obs) == 0:
@@ -743,6 +781,7 @@ def rollout(model, actor, done_fn, start_obs, k, model_buffer):
 # ======================================================================================
 # 8. The training loop
 # ======================================================================================
+
 
 def sample_batches(real_buffer, model_buffer, n_updates, batch_size, real_ratio):
     """All minibatches of one env step in one indexing op per buffer: [n_updates, batch, row]."""
@@ -771,228 +810,274 @@ def evaluate(actor, env, n_episodes, device):
     return float(np.mean(returns))
 
 
-def train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch, authors=None):
-    """One model update of the loop: phase 1, phase 2, then fresh rollouts. Returns the log entries."""
-    device = real_buffer.data.device
+def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None):
+    """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
+    this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
-    inputs, targets = model_data(real_buffer, real_buffer.data[:real_buffer.size])
+    inputs, targets = model_data(real_buffer, real_buffer.data[: real_buffer.size])
     holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args)
     holdout_x, holdout_y = inputs[holdout], targets[holdout]
-    stats = dict(model_epochs=model_epochs, holdout_mse_phase1=mse[model.elites].mean().item(),
-                 holdout_nll_phase1=model.nll(holdout_x, holdout_y)[model.elites].mean().item())
-    if not args.no_finetune and model_buffer.size > 0:
+    stats = dict(
+        model_epochs=model_epochs,
+        holdout_mse_phase1=mse[model.elites].mean().item(),
+        holdout_nll_phase1=model.nll(holdout_x, holdout_y)[model.elites].mean().item(),
+    )
+    if not args.no_finetune and model_buffer.size > 0:  # the first training has no model data yet
         if authors is None:
-            val_inputs = inputs[holdout[torch.randperm(len(holdout), device=device)[:1024]]]
+            val_inputs = holdout_x[torch.randperm(len(holdout), device=inputs.device)[:1024]]
         else:  # their validation batch: exactly B rows, drawn with replacement (bnn.py l. 452)
-            val_inputs = inputs[holdout[torch.randint(len(holdout), (args.finetune_batch,), device=device)]]
-        model_inputs = model_buffer.data[:model_buffer.size, :inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
+            val_inputs = holdout_x[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
+        model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors))
         mse = model.mse(holdout_x, holdout_y)
         pick_elites(model, mse)
     stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
     stats["holdout_nll_phase2"] = model.nll(holdout_x, holdout_y)[model.elites].mean().item()
-
-    k = rollout_length(epoch, args.rollout_schedule)
-    model_buffer.resize(model_buffer_capacity(args, k))
-    start = real_buffer.data[torch.randint(real_buffer.size, (args.rollout_batch_size,), device=device)]
-    rollout(model, agent.actor, done_fn, real_buffer.split(start)[0], k, model_buffer)
-    stats.update(rollout_length=k, model_buffer_size=model_buffer.size)
     return stats
 
 
-CSV_FIELDS = ["env_steps", "epoch", "eval_return", "train_return", "holdout_mse_phase1", "holdout_mse_phase2",
-              "holdout_nll_phase1", "holdout_nll_phase2",
-              "shift_before", "shift_after", "bias_before", "bias_after", "finetune_steps", "rollout_length",
-              "model_epochs", "sps", "wall_time"]
-
-
-def env_state(env, obs):
-    """What continuing the episode in progress needs after a resume: MuJoCo's whole MjData (state, solver warm
-    start and the derived positions, which the next reward of Ant or Humanoid reads one substep stale), the
-    time limit's step counter, the running episode statistics, the env's RNG (next reset's noise) and obs."""
-    u = env.unwrapped
-    return dict(mjdata=u.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"), obs=obs,
-                episode_return=env.episode_returns, episode_length=env.episode_lengths,
-                rng=u.np_random.bit_generator.state)
-
-
-def restore_env_state(env, state):
-    """Inverse of env_state, on an env that has been reset once; returns the observation."""
-    import mujoco
-    u = env.unwrapped
-    mujoco.mj_copyData(u.data, u.model, state["mjdata"])
-    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
-    env.episode_returns, env.episode_lengths = state["episode_return"], state["episode_length"]
-    u.np_random.bit_generator.state = state["rng"]
-    return state["obs"]
-
-
-def save_checkpoint(path, **state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill during the write never corrupts the last checkpoint
+def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
+    """Refill the model buffer: rollout_batch_size real start states, k steps each (k from the schedule)."""
+    k = rollout_length(epoch, args.rollout_schedule)
+    model_buffer.resize(model_buffer_capacity(args, k))
+    start = real_buffer.data[torch.randint(real_buffer.size, (args.rollout_batch_size,), device=real_buffer.data.device)]
+    rollout(model, actor, termination_fn, real_buffer.split(start)[0], k, model_buffer)
+    return dict(rollout_length=k, model_buffer_size=model_buffer.size)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    resume = None
+    """MBPO's loop with USB-PO's model update: act, store, (every model_train_freq steps) update the model and roll it
+    out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
+    args, checkpoint = parse_args(argv), None
     if args.resume:
-        path = os.path.join(args.resume, "checkpoint.pt")
-        if not os.path.isfile(path):
-            fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
-        try:
-            resume = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
-            fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
-        args = argparse.Namespace(**{**resume["args"], "resume": args.resume})
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-
+        checkpoint = load_checkpoint(args.resume)
+        args = argparse.Namespace(**{**checkpoint["args"], "resume": args.resume})
+    device = torch.device(args.device)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    done_fn = termination_fn(args.env_id)
-
-    run_dir = args.resume or os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(run_dir)
-    config = {**vars(args), "device": str(device), "obs_dim": obs_dim, "act_dim": act_dim}
-    print("usbpo config: " + json.dumps(config))
-    print(f"run folder: {run_dir}" + (f"  (after a crash or kill: python usbpo.py --resume {run_dir})" if args.checkpoint_every else ""))
-    if resume is None:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+    termination_fn = get_termination_fn(args.env_id)
 
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
+    authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
     real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
     sac_update = torch.compile(agent.update) if args.compile else agent.update
-    authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
-    start_step, model_stats = 1, {}
-    if resume is not None:
-        agent.load_state_dict(resume["agent"])
-        model.load_state_dict(resume["model"])
-        for opt, key in [(agent.actor_optim, "actor_optim"), (agent.qf_optim, "qf_optim"), (agent.alpha_optim, "alpha_optim"), (model_optim, "model_optim")]:
-            opt.load_state_dict(resume[key])
-        if authors is not None:
-            authors.optimizer.load_state_dict(resume["finetune_optim"])
-        real_buffer.load(resume["real_buffer"].to(device))
-        model_buffer.resize(resume["model_buffer_capacity"])
-        model_buffer.load(resume["model_buffer"].to(device), resume.get("model_buffer_ptr", 0))
-        model_stats, start_step = resume["model_stats"], resume["global_step"] + 1
-        random.setstate(resume["rng_python"])
-        np.random.set_state(resume["rng_numpy"])
-        torch.set_rng_state(resume["rng_torch"])
-        if "rng_action_space" in resume:  # absent from checkpoints of older versions
-            env.action_space.np_random.bit_generator.state = resume["rng_action_space"]
-        if device.type == "cuda" and resume.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng_cuda"], device)
-        print(f"resumed from {run_dir} at step {start_step - 1}")
+    parts = checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env)
 
-    csv_path = os.path.join(run_dir, "progress.csv")
-    rows = []
-    if resume is not None:  # drop the epochs logged after the checkpoint: they are about to be run again
-        with open(csv_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < start_step]
-    with open(csv_path, "w", newline="") as f:
-        out = csv.DictWriter(f, CSV_FIELDS)
-        out.writeheader()
-        out.writerows(rows)
-    from tqdm import tqdm
-    bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True,
-               disable=args.no_progress or not sys.stderr.isatty())
-
+    start_step = checkpoint["global_step"] + 1 if checkpoint else 1
+    log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step, checkpoint)
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
-    train_returns, losses = [], {}
-    start_time = epoch_time = time.time()
-    if resume is not None:
-        start_time -= resume.get("wall_time", 0.0)  # wall_time in the CSV counts the run's own time, across resumes
-        if "env" in resume:  # older checkpoints lack it: their episode starts afresh
-            obs = restore_env_state(env, resume["env"])
-            eval_env.unwrapped.np_random.bit_generator.state = resume["eval_env_rng"]
+    model_stats, losses = {}, {}
+    if checkpoint:
+        obs, model_stats = restore_checkpoint(checkpoint, parts)
     for global_step in range(start_step, args.total_timesteps + 1):
-        # --- act in the real environment (NumPy only here, at the env boundary)
+        # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
         if global_step <= args.learning_starts:
             action = env.action_space.sample()
         else:
             with torch.no_grad():
                 action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = env.step(action)
-        real_buffer.add(torch.as_tensor(np.concatenate([obs, action, [reward], next_obs, [float(terminated)]]),
-                                        dtype=torch.float32).to(device)[None])
+        transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
+        real_buffer.add(torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
         obs = next_obs
         if terminated or truncated:
-            train_returns.append(float(info["episode"]["r"]))
-            writer.add_scalar("charts/episodic_return", train_returns[-1], global_step)
-            writer.add_scalar("charts/episodic_length", int(info["episode"]["l"]), global_step)
+            log.episode(global_step, info["episode"])
             obs, _ = env.reset()
 
-        # --- model training, fine-tune and rollouts; then the SAC updates on mixed data
         if global_step >= args.learning_starts:
-            epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase, as MBPO
+            # --- every model_train_freq steps: phase 1, phase 2, and fresh model rollouts from real states
             if global_step % args.model_train_freq == 0:
-                model_stats = train_model(agent, model, model_optim, real_buffer, model_buffer, done_fn, args, epoch, authors)
-                for key, value in model_stats.items():
-                    writer.add_scalar(f"model/{key}", value, global_step)
+                epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase, as MBPO
+                model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
+                model_stats.update(model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch))
+                log.model(global_step, model_stats)
+            # --- SAC on mixed real and model data
             if args.updates_per_step > 0:
-                batches = sample_batches(real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio)
-                for rows in batches:
+                for rows in sample_batches(real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio):
                     losses = sac_update(*real_buffer.split(rows))
-        bar.update(1)
+        log.step()
 
         # --- end of epoch: evaluate, log, checkpoint
         if global_step % args.epoch_length == 0:
-            now = time.time()
-            sps = args.epoch_length / (now - epoch_time)
-            eval_return = evaluate(agent.actor, eval_env, args.eval_episodes, device)
-            epoch_time = time.time()  # evaluation is not counted in SPS
-            row = dict(env_steps=global_step, epoch=global_step // args.epoch_length, eval_return=eval_return,
-                       train_return=float(np.mean(train_returns)) if train_returns else float("nan"),
-                       sps=sps, wall_time=now - start_time,
-                       **{k: model_stats.get(k, float("nan")) for k in CSV_FIELDS if k in model_stats})
-            with open(csv_path, "a", newline="") as f:
-                csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
-            writer.add_scalar("charts/eval_return", eval_return, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            for key, value in losses.items():
-                writer.add_scalar(f"losses/{key}", value.item(), global_step)
-            line = (f"step {global_step:>7d}  eval {eval_return:8.1f}  train {row['train_return']:8.1f}  "
-                    f"sps {sps:6.1f}  k {model_stats.get('rollout_length', '-')}  "
-                    f"ft {model_stats.get('finetune_steps', '-')}  mse {model_stats.get('holdout_mse_phase2', float('nan')):.4f}")
-            bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
-            if bar.disable:
-                print(line, flush=True)
-            else:
-                bar.write(line)
-            train_returns = []
+            log.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats, losses)
             if args.checkpoint_every and (global_step // args.epoch_length) % args.checkpoint_every == 0:
-                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), args=vars(args), global_step=global_step,
-                                wall_time=row["wall_time"],
-                                agent=agent.state_dict(), model=model.state_dict(),
-                                actor_optim=agent.actor_optim.state_dict(), qf_optim=agent.qf_optim.state_dict(),
-                                alpha_optim=agent.alpha_optim.state_dict(), model_optim=model_optim.state_dict(),
-                                real_buffer=real_buffer.rows().cpu(), model_buffer=model_buffer.rows().cpu(),
-                                model_buffer_capacity=model_buffer.capacity, model_buffer_ptr=model_buffer.ptr,
-                                model_stats=model_stats, finetune_optim=authors and authors.optimizer.state_dict(),
-                                rng_python=random.getstate(), rng_numpy=np.random.get_state(), rng_torch=torch.get_rng_state(),
-                                rng_action_space=env.action_space.np_random.bit_generator.state,
-                                env=env_state(env, obs), eval_env_rng=eval_env.unwrapped.np_random.bit_generator.state,
-                                rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-    bar.close()
+                save_checkpoint(log.run_dir, parts, vars(args), global_step, log.wall_time, obs, model_stats)
+    log.close()
     if args.save_model:
-        torch.save(dict(actor=agent.actor.state_dict(), qf=agent.qf.state_dict(), qf_target=agent.qf_target.state_dict(),
-                        ensemble=model.state_dict(), args=vars(args)), os.path.join(run_dir, "model.pt"))
-    writer.close()
+        nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
+        torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{log.run_dir}/model.pt")
     env.close(), eval_env.close()
-    return run_dir
+    return log.run_dir
+
+
+# ======================================================================================
+# 9. Run management: logging, checkpoints
+# ======================================================================================
+
+CSV_FIELDS = (
+    "env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1 holdout_nll_phase2 "
+    "shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs sps wall_time"
+).split()
+
+
+class Logger:
+    """Where a run reports: its folder (config.json), one row per epoch to progress.csv, TensorBoard and the console
+    (or the progress bar), and TensorBoard scalars for each episode and model training."""
+
+    def __init__(self, args, extra_config, start_step, checkpoint=None):
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.run_dir = args.resume or os.path.join(args.runs_dir, name)
+        os.makedirs(self.run_dir, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
+        config = {**vars(args), **extra_config}
+        print("usbpo config: " + json.dumps(config))
+        resume_hint = f"  (after a crash or kill: python usbpo.py --resume {self.run_dir})" if args.checkpoint_every else ""
+        print(f"run folder: {self.run_dir}{resume_hint}")
+        self.csv_path, rows = os.path.join(self.run_dir, "progress.csv"), []
+        if checkpoint is None:
+            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+            table = "\n".join(f"|{key}|{value}|" for key, value in config.items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        else:  # drop the epochs logged after the checkpoint: they are about to be run again
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < start_step]
+            print(f"resumed from {self.run_dir} at step {start_step - 1}")
+        with open(self.csv_path, "w", newline="") as f:
+            out = csv.DictWriter(f, CSV_FIELDS)
+            out.writeheader()
+            out.writerows(rows)
+        quiet = args.no_progress or not sys.stderr.isatty()
+        self.bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True, disable=quiet)
+        self.epoch_start = time.time()
+        self.start_time = self.epoch_start - (checkpoint["wall_time"] if checkpoint else 0.0)  # the run's time, over resumes
+        self.wall_time = 0.0
+
+    def step(self):
+        self.bar.update(1)
+
+    def episode(self, step, stats):
+        self.train_returns.append(float(stats["r"]))
+        self.writer.add_scalar("charts/episodic_return", float(stats["r"]), step)
+        self.writer.add_scalar("charts/episodic_length", int(stats["l"]), step)
+
+    def model(self, step, stats):
+        for key, value in stats.items():
+            self.writer.add_scalar(f"model/{key}", value, step)
+
+    def epoch(self, step, evaluate, model_stats, losses):
+        """Evaluate (not counted in SPS), write the epoch's row, the console line and the losses."""
+        now = time.time()
+        sps, eval_return = self.epoch_length / (now - self.epoch_start), evaluate()
+        self.epoch_start = time.time()
+        self.wall_time, train_return = now - self.start_time, np.mean(self.train_returns) if self.train_returns else np.nan
+        row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
+        row.update(env_steps=step, epoch=step // self.epoch_length, eval_return=eval_return, train_return=float(train_return))
+        row.update(sps=sps, wall_time=self.wall_time)
+        self.train_returns = []
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
+        self.writer.add_scalar("charts/eval_return", eval_return, step)
+        self.writer.add_scalar("charts/SPS", sps, step)
+        for key, value in losses.items():
+            self.writer.add_scalar(f"losses/{key}", value.item(), step)
+        line = (
+            f"step {step:>7d}  eval {eval_return:8.1f}  train {row['train_return']:8.1f}  sps {sps:6.1f}  "
+            f"k {model_stats.get('rollout_length', '-')}  ft {model_stats.get('finetune_steps_kept', '-')}  "
+            f"mse {model_stats.get('holdout_mse_phase2', float('nan')):.4f}"
+        )
+        self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+
+    def close(self):
+        self.bar.close()
+        self.writer.close()
+
+
+def env_generators(env, eval_env):
+    """The NumPy generators of the envs: random-phase actions, the env's resets, the evaluation env's resets."""
+    return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
+
+
+def env_and_rng_state(env, eval_env):
+    """What continuing the episode in progress needs after a resume: MuJoCo's whole MjData (state, solver warm start
+    and the derived positions, which the next reward of Ant or Humanoid reads one substep stale), the time limit's step
+    counter and the running episode statistics; and the state of every random generator the run draws from."""
+    torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
+    return dict(
+        mjdata=env.unwrapped.data,
+        elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
+        episode_stats=(env.episode_returns, env.episode_lengths),
+        rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
+        generators=[g.bit_generator.state for g in env_generators(env, eval_env)],
+    )
+
+
+def restore_env_and_rng_state(env, eval_env, state):
+    """Inverse of env_and_rng_state, on envs that have been reset once."""
+    import mujoco
+
+    mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
+    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+    env.episode_returns, env.episode_lengths = state["episode_stats"]
+    python, numpy, torch_cpu, cuda = state["rngs"]
+    random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    for generator, generator_state in zip(env_generators(env, eval_env), state["generators"]):
+        generator.bit_generator.state = generator_state
+
+
+def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env):
+    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}: saving and resuming both
+    read this one list, so a part added here is saved and restored."""
+    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
+    stateful.update(actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
+    if authors is not None:
+        stateful["finetune_optim"] = authors.optimizer  # the authors' fine-tune keeps its Adam across trainings
+    parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
+    parts["env_and_rng"] = (lambda: env_and_rng_state(env, eval_env), lambda s: restore_env_and_rng_state(env, eval_env, s))
+    return parts
+
+
+def save_checkpoint(run_dir, parts, args, global_step, wall_time, obs, model_stats):
+    """Write every part and the loop's own state to run_dir/checkpoint.pt, atomically: a kill during the write never
+    corrupts the last checkpoint."""
+    path, state = os.path.join(run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in parts.items()}
+    loop = dict(args=args, global_step=global_step, wall_time=wall_time, obs=obs, model_stats=model_stats)
+    torch.save({**state, **loop}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(run_dir):
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
+        fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
+
+
+def restore_checkpoint(checkpoint, parts):
+    """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
+    for name, (_, restore) in parts.items():
+        restore(checkpoint[name])
+    return checkpoint["obs"], checkpoint["model_stats"]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ CUDA build; pip warns that mbrl wants hydra-core 1.0.3 and omegaconf < 2.1, whic
 Run (5000 random + 2000 learning steps):
     /tmp/venv-mbrl/bin/python benchmarks/peer_mbrl.py --total-steps 7000
 """
+
 import argparse
 import functools
 import json
@@ -45,29 +46,30 @@ import tempfile
 import time
 
 import gymnasium as gym
-import numpy as np
-import omegaconf
-import torch
-
 import mbrl
 import mbrl.algorithms.mbpo as mbpo
 import mbrl.env.termination_fns as termination_fns
 import mbrl.models
 import mbrl.util.common
+import numpy as np
+import omegaconf
+import torch
 from mbrl.third_party.pytorch_sac_pranz24.sac import SAC
 
 CONF_DIR = os.path.join(os.path.dirname(mbrl.__file__), "examples", "conf")
 EPOCH_LENGTH = 1000
-TERM_FNS = {"Hopper": "hopper", "Walker2d": "walker2d", "Ant": "ant", "Humanoid": "humanoid",
-            "HalfCheetah": "no_termination"}
+TERM_FNS = {"Hopper": "hopper", "Walker2d": "walker2d", "Ant": "ant", "Humanoid": "humanoid", "HalfCheetah": "no_termination"}
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env-id", default="Hopper-v4", help="gymnasium MuJoCo task (settings stay the Hopper preset)")
-    p.add_argument("--total-steps", type=int, default=7000,
-                   help=f"env steps in all, random ones included (learning steps: a multiple of {EPOCH_LENGTH})")
+    p.add_argument(
+        "--total-steps",
+        type=int,
+        default=7000,
+        help=f"env steps in all, random ones included (learning steps: a multiple of {EPOCH_LENGTH})",
+    )
     p.add_argument("--learning-starts", type=int, default=5000, help="uniform random steps before learning")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -83,59 +85,79 @@ def parse_args():
 
 def build_config(args, env):
     """mbrl's shipped MBPO configs, overridden with the MBPO paper's Hopper preset."""
-    load = lambda name: omegaconf.OmegaConf.load(os.path.join(CONF_DIR, name + ".yaml"))
-    cfg = omegaconf.OmegaConf.create({
-        "seed": args.seed, "device": "cpu", "log_frequency_agent": 1000,
-        "save_video": False, "debug_mode": False,
-        "algorithm": load("algorithm/mbpo"),
-        "dynamics_model": load("dynamics_model/gaussian_mlp_ensemble"),
-        "overrides": load("overrides/mbpo_hopper"),
-    })
+
+    def load(name):
+        return omegaconf.OmegaConf.load(os.path.join(CONF_DIR, name + ".yaml"))
+
+    cfg = omegaconf.OmegaConf.create(
+        {
+            "seed": args.seed,
+            "device": "cpu",
+            "log_frequency_agent": 1000,
+            "save_video": False,
+            "debug_mode": False,
+            "algorithm": load("algorithm/mbpo"),
+            "dynamics_model": load("dynamics_model/gaussian_mlp_ensemble"),
+            "overrides": load("overrides/mbpo_hopper"),
+        }
+    )
     # The shipped config names gym's Box, but mbrl 0.2.0 runs on gymnasium, whose Box takes
     # arrays or scalars and not the lists mbrl would fill in: give scalar bounds (uniform here).
     space = env.action_space
     assert np.all(space.low == space.low.flat[0]) and np.all(space.high == space.high.flat[0])
-    cfg.algorithm.agent.action_space = {"_target_": "gymnasium.spaces.Box", "low": float(space.low.flat[0]),
-                                        "high": float(space.high.flat[0]), "shape": list(space.shape)}
-    cfg.algorithm.merge_with({
-        "initial_exploration_steps": args.learning_starts,
-        "random_initial_explore": True,       # uniform random actions, as MBPO
-        "real_data_ratio": 0.05,
-        "num_eval_episodes": args.eval_episodes,
-        "dataset_size": args.total_steps,     # default would be num_steps, too small to hold the random steps
-    })
-    cfg.dynamics_model.merge_with({
-        "_recursive_": False,  # hydra 1.3 would build the SiLU itself; GaussianMLP wants its config
-        "ensemble_size": 7, "num_layers": 4, "hid_size": 200,
-        "activation_fn_cfg": {"_target_": "torch.nn.SiLU"},
-    })
-    cfg.overrides.merge_with({
-        "env": "gym___" + args.env_id,
-        "num_steps": args.total_steps - args.learning_starts,  # train()'s loop counts learning steps only
-        "epoch_length": EPOCH_LENGTH,
-        "num_elites": 5,
-        "patience": 5,
-        "model_lr": 1e-3,
-        "model_wd": 5e-5,
-        "model_batch_size": 256,
-        "validation_ratio": 0.2,
-        "freq_train_model": 250,
-        "effective_model_rollouts_per_step": 400,  # x freq_train_model = 100,000 start states
-        "rollout_schedule": [20, 150, 1, 15],
-        "num_sac_updates_per_step": 20,
-        "sac_updates_every_steps": 1,
-        "num_epochs_to_retain_sac_buffer": 1,
-        "sac_gamma": 0.99,
-        "sac_tau": 5e-3,
-        "sac_alpha": 0.2,
-        "sac_policy": "Gaussian",
-        "sac_target_update_interval": 1,
-        "sac_automatic_entropy_tuning": True,
-        "sac_target_entropy": -1.0,
-        "sac_hidden_size": 256,
-        "sac_lr": 3e-4,
-        "sac_batch_size": 256,
-    })
+    cfg.algorithm.agent.action_space = {
+        "_target_": "gymnasium.spaces.Box",
+        "low": float(space.low.flat[0]),
+        "high": float(space.high.flat[0]),
+        "shape": list(space.shape),
+    }
+    cfg.algorithm.merge_with(
+        {
+            "initial_exploration_steps": args.learning_starts,
+            "random_initial_explore": True,  # uniform random actions, as MBPO
+            "real_data_ratio": 0.05,
+            "num_eval_episodes": args.eval_episodes,
+            "dataset_size": args.total_steps,  # default would be num_steps, too small to hold the random steps
+        }
+    )
+    cfg.dynamics_model.merge_with(
+        {
+            "_recursive_": False,  # hydra 1.3 would build the SiLU itself; GaussianMLP wants its config
+            "ensemble_size": 7,
+            "num_layers": 4,
+            "hid_size": 200,
+            "activation_fn_cfg": {"_target_": "torch.nn.SiLU"},
+        }
+    )
+    cfg.overrides.merge_with(
+        {
+            "env": "gym___" + args.env_id,
+            "num_steps": args.total_steps - args.learning_starts,  # train()'s loop counts learning steps only
+            "epoch_length": EPOCH_LENGTH,
+            "num_elites": 5,
+            "patience": 5,
+            "model_lr": 1e-3,
+            "model_wd": 5e-5,
+            "model_batch_size": 256,
+            "validation_ratio": 0.2,
+            "freq_train_model": 250,
+            "effective_model_rollouts_per_step": 400,  # x freq_train_model = 100,000 start states
+            "rollout_schedule": [20, 150, 1, 15],
+            "num_sac_updates_per_step": 20,
+            "sac_updates_every_steps": 1,
+            "num_epochs_to_retain_sac_buffer": 1,
+            "sac_gamma": 0.99,
+            "sac_tau": 5e-3,
+            "sac_alpha": 0.2,
+            "sac_policy": "Gaussian",
+            "sac_target_update_interval": 1,
+            "sac_automatic_entropy_tuning": True,
+            "sac_target_entropy": -1.0,
+            "sac_hidden_size": 256,
+            "sac_lr": 3e-4,
+            "sac_batch_size": 256,
+        }
+    )
     return cfg
 
 
@@ -144,10 +166,10 @@ class Timer:
 
     def __init__(self):
         self.learning = False
-        self.t_learn = None   # end of the random phase
-        self.t_end = None     # return of train()
+        self.t_learn = None  # end of the random phase
+        self.t_end = None  # return of train()
         self.step_starts = []  # perf_counter at the start of each learning env step
-        self.events = []      # (category, start, duration)
+        self.events = []  # (category, start, duration)
 
     def timed(self, category, fn):
         @functools.wraps(fn)
@@ -158,6 +180,7 @@ class Timer:
             finally:
                 if self.learning:
                     self.events.append((category, t0, time.perf_counter() - t0))
+
         return wrapper
 
     def install(self):
@@ -177,11 +200,9 @@ class Timer:
 
         common.rollout_agent_trajectories = rollout_agent_trajectories
         common.step_env_and_add_to_buffer = step_env_and_add_to_buffer
-        common.train_model_and_save_model_and_data = self.timed(
-            "model_total", common.train_model_and_save_model_and_data)
+        common.train_model_and_save_model_and_data = self.timed("model_total", common.train_model_and_save_model_and_data)
         mbrl.models.ModelTrainer.train = self.timed("model_fit", mbrl.models.ModelTrainer.train)
-        mbpo.rollout_model_and_populate_sac_buffer = self.timed(
-            "rollout", mbpo.rollout_model_and_populate_sac_buffer)
+        mbpo.rollout_model_and_populate_sac_buffer = self.timed("rollout", mbpo.rollout_model_and_populate_sac_buffer)
         SAC.update_parameters = self.timed("sac_update", SAC.update_parameters)
         mbpo.evaluate = self.timed("eval", mbpo.evaluate)
 
@@ -233,32 +254,46 @@ def main():
     stamps = timer.step_starts + [timer.t_end]
     ls = args.learning_starts
     result = {
-        "env_id": args.env_id, "seed": args.seed, "torch_threads": torch.get_num_threads(),
-        "learning_starts": ls, "total_steps": args.total_steps,
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "torch_threads": torch.get_num_threads(),
+        "learning_starts": ls,
+        "total_steps": args.total_steps,
         "random_phase_s": round(timer.t_learn - t_start, 2),
     }
     all_s, all_parts, all_eval = timer.window(timer.t_learn, timer.t_end, n)
-    result["all_learning_steps"] = dict(steps=[ls, ls + n], s_per_1000=round(all_s, 2),
-                                        eval_s_excluded=round(all_eval, 2), breakdown_s_per_1000=all_parts)
+    result["all_learning_steps"] = dict(
+        steps=[ls, ls + n], s_per_1000=round(all_s, 2), eval_s_excluded=round(all_eval, 2), breakdown_s_per_1000=all_parts
+    )
     # learning step i (0-based) trains the model when (i + 1) % freq == 0: first at i = freq - 1
     cycles = (n - (freq - 1)) // freq
     if cycles > 0:
         a, b = freq - 1, freq - 1 + cycles * freq
         ss_s, ss_parts, ss_eval = timer.window(stamps[a], stamps[b], b - a)
-        result["steady_state"] = dict(steps=[ls + a, ls + b], model_trainings=cycles, s_per_1000=round(ss_s, 2),
-                                      eval_s_excluded=round(ss_eval, 2), breakdown_s_per_1000=ss_parts)
+        result["steady_state"] = dict(
+            steps=[ls + a, ls + b],
+            model_trainings=cycles,
+            s_per_1000=round(ss_s, 2),
+            eval_s_excluded=round(ss_eval, 2),
+            breakdown_s_per_1000=ss_parts,
+        )
     # per-1000-step chunks of the learning phase (evaluation excluded)
-    result["chunks_s_per_1000"] = [round(timer.window(stamps[i], stamps[min(i + 1000, n)], min(1000, n - i))[0], 2)
-                                   for i in range(0, n, 1000)]
+    result["chunks_s_per_1000"] = [
+        round(timer.window(stamps[i], stamps[min(i + 1000, n)], min(1000, n - i))[0], 2) for i in range(0, n, 1000)
+    ]
     print(json.dumps(result))
 
     name = f"mbrl-lib MBPO {args.env_id}"
-    print(f"{name}: {all_s:.1f} s per 1000 env steps (all learning steps {ls}..{ls + n}, "
-          f"torch threads {torch.get_num_threads()}; first model training at step {ls + freq})")
+    print(
+        f"{name}: {all_s:.1f} s per 1000 env steps (all learning steps {ls}..{ls + n}, "
+        f"torch threads {torch.get_num_threads()}; first model training at step {ls + freq})"
+    )
     if cycles > 0:
         ss = result["steady_state"]
-        print(f"{name}: {ss_s:.1f} s per 1000 env steps (steps {ss['steps'][0]}..{ss['steps'][1]}, "
-              f"torch threads {torch.get_num_threads()}; steady state, evaluation excluded)")
+        print(
+            f"{name}: {ss_s:.1f} s per 1000 env steps (steps {ss['steps'][0]}..{ss['steps'][1]}, "
+            f"torch threads {torch.get_num_threads()}; steady state, evaluation excluded)"
+        )
 
 
 if __name__ == "__main__":

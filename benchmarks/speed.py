@@ -14,6 +14,7 @@ Figures:
   loop_<env>         seconds per 1000 env steps of usbpo.main, the first 1000 steps after learning starts
   loop_<env>_50k     the same with 50,000 real transitions in the buffer
 """
+
 import argparse
 import csv
 import glob
@@ -51,15 +52,15 @@ def sac_flops(obs_dim, act_dim, batch=256, hidden=256):
     """Multiply-adds of one SAC update, counting a backward pass as twice its forward (weights + inputs)."""
     actor = obs_dim * hidden + hidden * hidden + hidden * 2 * act_dim
     critic = 2 * ((obs_dim + act_dim) * hidden + hidden * hidden + hidden)
-    target = actor + critic                 # next action, target critics
-    q_loss = critic + 2 * critic            # forward, backward
+    target = actor + critic  # next action, target critics
+    q_loss = critic + 2 * critic  # forward, backward
     actor_loss = actor + critic + critic + 2 * actor  # forward through both, input-grads through the critics
     return 2 * batch * (target + q_loss + actor_loss)  # FLOPs
 
 
 def matmul_peak(n=1024, repeat=20):
     a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
-    return 2 * n ** 3 / timeit(lambda: a @ b, repeat)
+    return 2 * n**3 / timeit(lambda: a @ b, repeat)
 
 
 def components(quick):
@@ -77,6 +78,7 @@ def components(quick):
     def env_step():
         for rows in usbpo.sample_batches(real, model_buffer, 20, 256, 0.05):
             agent.update(*real.split(rows))
+
     out["sac_env_step"] = timeit(env_step, 5 if quick else 20)
 
     model = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE)
@@ -87,7 +89,7 @@ def components(quick):
         out[f"model_epoch_{n // 1000}k"] = timeit(lambda: usbpo.train_ensemble(model, optim, x, y, one_epoch), 2, warmup=1)
 
     prev = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE).requires_grad_(False)
-    x_model, x_val = model_buffer.data[:100_000, :obs_dim + act_dim], real.data[:1024, :obs_dim + act_dim]
+    x_model, x_val = model_buffer.data[:100_000, : obs_dim + act_dim], real.data[:1024, : obs_dim + act_dim]
     ft_optim = torch.optim.Adam(model.parameters(), lr=1e-4)
     with torch.no_grad():
         val_prev = usbpo.predict(prev, x_val)  # M1 is frozen: usb_finetune predicts the validation set once
@@ -99,12 +101,15 @@ def components(quick):
         loss.backward()
         ft_optim.step()
         usbpo.usb_objective(model, prev, x_val, 1.0, 1.0, val_prev)[0].item()
+
     out["finetune_step"] = timeit(finetune_step, 10 if quick else 30)
 
-    done_fn = usbpo.termination_fn("Hopper-v4")
-    start = real.data[:100_000 if len(real.data) >= 100_000 else 50_000, :obs_dim].repeat(2, 1)[:100_000]
+    termination_fn = usbpo.get_termination_fn("Hopper-v4")
+    start = real.data[: 100_000 if len(real.data) >= 100_000 else 50_000, :obs_dim].repeat(2, 1)[:100_000]
     sink = usbpo.ReplayBuffer(100_000, obs_dim, act_dim, DEVICE)
-    out["rollout_step_100k"] = timeit(lambda: usbpo.rollout(model, agent.actor, done_fn, start, 1, sink), 3 if quick else 10)
+    out["rollout_step_100k"] = timeit(
+        lambda: usbpo.rollout(model, agent.actor, termination_fn, start, 1, sink), 3 if quick else 10
+    )
     return out
 
 
@@ -115,6 +120,7 @@ class PhaseTimer:
     scratch on the random-phase data, belongs to the epoch before the one timed). On CUDA the phases are
     synchronised at their ends, so the split is exact but the run is a little slower than unwrapped.
     """
+
     PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "rollout": "model_rollouts"}
 
     def __init__(self):
@@ -134,12 +140,13 @@ class PhaseTimer:
             elif self.start is not None:
                 self.spent[phase] += time.perf_counter() - t0
             return out
+
         setattr(owner, name, timed)
 
     def __enter__(self):
         for name, phase in self.PHASES.items():
             self.wrap(usbpo, name, phase)
-        self.wrap(usbpo, "train_model", "first_model_training")
+        self.wrap(usbpo, "model_rollouts", "first_model_training")
         self.wrap(usbpo.SAC, "update", "sac_updates")
         return self
 
@@ -152,9 +159,28 @@ def loop_seconds_per_1000(env_id, learning_starts, extra=()):
     """Seconds per 1000 env steps of usbpo.main over the epoch right after learning starts (eval excluded),
     with the seconds of that epoch spent in each phase."""
     with tempfile.TemporaryDirectory() as tmp, PhaseTimer() as timer:
-        usbpo.main(["--env-id", env_id, "--learning-starts", str(learning_starts), "--total-timesteps",
-                    str(learning_starts + 1000), "--epoch-length", "1000", "--eval-episodes", "1", "--no-progress",
-                    "--checkpoint-every", "0", "--device", str(DEVICE), "--runs-dir", tmp, *extra])
+        usbpo.main(
+            [
+                "--env-id",
+                env_id,
+                "--learning-starts",
+                str(learning_starts),
+                "--total-timesteps",
+                str(learning_starts + 1000),
+                "--epoch-length",
+                "1000",
+                "--eval-episodes",
+                "1",
+                "--no-progress",
+                "--checkpoint-every",
+                "0",
+                "--device",
+                str(DEVICE),
+                "--runs-dir",
+                tmp,
+                *extra,
+            ]
+        )
         with open(glob.glob(os.path.join(tmp, "*", "progress.csv"))[0]) as f:
             rows = list(csv.DictReader(f))
     total = 1000.0 / float(rows[-1]["sps"])
@@ -172,7 +198,8 @@ def main():
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"device {DEVICE} ({torch.cuda.get_device_name() if DEVICE.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), torch {torch.__version__}")
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {DEVICE} ({where}), torch {torch.__version__}")
 
     peak = matmul_peak()
     flops = sac_flops(11, 3)
@@ -188,12 +215,16 @@ def main():
         unit = f"{seconds:10.2f} s  " if name.startswith("loop") else f"{seconds * 1e3:10.3f} ms "
         print(f"{name:<24}{unit}" + ("  per 1000 env steps" if name.startswith("loop") else ""))
     for name, parts in breakdowns.items():
-        print(f"{name}, where the time goes (s per 1000 env steps): "
-              + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items()))
+        print(
+            f"{name}, where the time goes (s per 1000 env steps): "
+            + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items())
+        )
     floor = flops / peak
-    print(f"\nSAC update: {flops / 1e6:.0f} MFLOP; this device's 1024^3 matmul runs at {peak / 1e9:.0f} GFLOP/s,"
-          f" so the arithmetic floor is {floor * 1e3:.2f} ms; measured {results['sac_update'] * 1e3:.2f} ms"
-          f" ({results['sac_update'] / floor:.2f}x the floor)")
+    print(
+        f"\nSAC update: {flops / 1e6:.0f} MFLOP; this device's 1024^3 matmul runs at {peak / 1e9:.0f} GFLOP/s,"
+        f" so the arithmetic floor is {floor * 1e3:.2f} ms; measured {results['sac_update'] * 1e3:.2f} ms"
+        f" ({results['sac_update'] / floor:.2f}x the floor)"
+    )
     if args.peer:
         cmd = [args.peer, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_mbrl.py"), "--total-steps", "6000"]
         peer = subprocess.run(cmd, capture_output=True, text=True)
@@ -202,12 +233,16 @@ def main():
         detail = [ln for ln in peer.stdout.splitlines() if ln.startswith("{")]
         if detail and "steady_state" in json.loads(detail[-1]):
             parts = json.loads(detail[-1])["steady_state"]["breakdown_s_per_1000"]
-            print("mbrl-lib, where the time goes (s per 1000 env steps): "
-                  + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items()))
+            print(
+                "mbrl-lib, where the time goes (s per 1000 env steps): "
+                + ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in parts.items())
+            )
         if line and "loop_Hopper-v4" in results:
             peer_seconds = float(line[-1].split(":")[1].split("s per")[0])
-            print(f"usbpo / mbrl-lib time per 1000 Hopper steps: {results['loop_Hopper-v4']:.1f} / {peer_seconds:.1f}"
-                  f" = {results['loop_Hopper-v4'] / peer_seconds:.2f}")
+            print(
+                f"usbpo / mbrl-lib time per 1000 Hopper steps: {results['loop_Hopper-v4']:.1f} / {peer_seconds:.1f}"
+                f" = {results['loop_Hopper-v4'] / peer_seconds:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ and prints, per env, a Markdown table of eval return at fixed step counts (mean 
 the mean of the last 5 evaluations, which is less noisy than one) and a summary of the fine-tune
 diagnostics of each USB-PO seed.
 """
+
 import csv
 import glob
-import math
 import os
 import sys
 
@@ -76,11 +76,13 @@ def plot_finetune(env, runs):
         label, color = VARIANTS.get(variant, (variant, None))
         for i, (seed, run) in enumerate(sorted(seeds.items())):
             steps, name = run["env_steps"], f"{label}" + (f", seed {seed}" if len(seeds) > 1 else "")
-            for ax, (before, after) in zip(axes[:3], [("shift_before", "shift_after"), ("bias_before", "bias_after"),
-                                                      ("holdout_mse_phase1", "holdout_mse_phase2")]):
+            for ax, (before, after) in zip(
+                axes[:3],
+                [("shift_before", "shift_after"), ("bias_before", "bias_after"), ("holdout_mse_phase1", "holdout_mse_phase2")],
+            ):
                 ax.plot(steps, run[before], color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} before")
                 ax.plot(steps, run[after], "--", color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} after")
-            axes[3].plot(steps, run["finetune_steps"], "o-", color=color, ms=3, alpha=0.8 - 0.3 * i, label=name)
+            axes[3].plot(steps, run["finetune_steps_kept"], "o-", color=color, ms=3, alpha=0.8 - 0.3 * i, label=name)
     axes[0].set(title="model shift on validation (W2; authors: their term)", yscale="log")
     axes[1].set(title="model bias on validation (W2; authors: their term)", yscale="log")
     axes[2].set(title="holdout MSE of the elites, before / after the fine-tune", yscale="log")
@@ -97,8 +99,11 @@ def plot_finetune(env, runs):
 
 def table(env, runs, points, last):
     print(f"\n{env}: eval return at fixed env steps (mean +- std over seeds)\n")
-    print("| variant | seeds | " + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points)
-          + f" | mean of the 5 evals to {last // 1000}k |")
+    print(
+        "| variant | seeds | "
+        + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points)
+        + f" | mean of the 5 evals to {last // 1000}k |"
+    )
     print("|---|---|" + "---|" * (len(points) + 1))
     cell = lambda x: f"{x.mean():.0f}" if len(x) == 1 else f"{x.mean():.0f} +- {x.std():.0f}"  # noqa: E731
     for variant, seeds in runs.items():
@@ -108,7 +113,7 @@ def table(env, runs, points, last):
             hit = np.nonzero(steps == p)[0]
             cells.append(cell(values[:, hit[0]]) if len(hit) else "-")
         end = np.nonzero(steps == last)[0][0] + 1
-        cells.append(cell(values[:, max(end - 5, 0):end].mean(1)))
+        cells.append(cell(values[:, max(end - 5, 0) : end].mean(1)))
         print(f"| {VARIANTS.get(variant, (variant,))[0]} | {len(seeds)} | " + " | ".join(cells) + " |")
     for variant, seeds in runs.items():
         solved = []
@@ -122,30 +127,38 @@ def table(env, runs, points, last):
 def diagnostics(env, runs):
     """What the fine-tune does to the model, per variant and seed: how often it keeps steps, how much it moves its
     two terms, what it does to the holdout MSE and NLL, and the rollout model's MSE against MBPO's (same seed)."""
-    print(f"\n{env}: the fine-tune, last model training of each epoch (after/before: medians over the trainings that"
-          " kept steps; a training that keeps none leaves the model as phase 1 made it)\n")
-    print("| variant | seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
-          "| holdout MSE after/before | holdout NLL after - before (nats/dim) | rollout-model MSE, last 5 evals | MBPO's |")
+    print(
+        f"\n{env}: the fine-tune, last model training of each epoch (after/before: medians over the trainings that"
+        " kept steps; a training that keeps none leaves the model as phase 1 made it)\n"
+    )
+    print(
+        "| variant | seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
+        "| holdout MSE after/before | holdout NLL after - before (nats/dim) | rollout-model MSE, last 5 evals | MBPO's |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
     span = lambda x: f"{np.min(x):.3g}-{np.max(x):.3g}"  # noqa: E731
     mbpo = runs.get("mbpo", {})
     for variant, seeds in finetuned(runs).items():
         for seed, run in sorted(seeds.items()):
-            done = ~np.isnan(run["finetune_steps"])
-            kept = done & (run["finetune_steps"] > 0)
-            steps_kept = f"{np.median(run['finetune_steps'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
+            done = ~np.isnan(run["finetune_steps_kept"])
+            kept = done & (run["finetune_steps_kept"] > 0)
+            steps_kept = f"{np.median(run['finetune_steps_kept'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
             theirs = span(mbpo[seed]["holdout_mse_phase2"][-5:]) if seed in mbpo else "-"
-            print(f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
-                  f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
-                  f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
-                  f"| {med(run['holdout_mse_phase2'][kept] / run['holdout_mse_phase1'][kept])} "
-                  f"| {med(run['holdout_nll_phase2'][kept] - run['holdout_nll_phase1'][kept])} "
-                  f"| {span(run['holdout_mse_phase2'][-5:])} | {theirs} |")
+            print(
+                f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
+                f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
+                f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
+                f"| {med(run['holdout_mse_phase2'][kept] / run['holdout_mse_phase1'][kept])} "
+                f"| {med(run['holdout_nll_phase2'][kept] - run['holdout_nll_phase1'][kept])} "
+                f"| {span(run['holdout_mse_phase2'][-5:])} | {theirs} |"
+            )
 
 
 def main():
-    envs = sorted(d for d in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, d)) and glob.glob(os.path.join(HERE, d, "*.csv")))
+    envs = sorted(
+        d for d in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, d)) and glob.glob(os.path.join(HERE, d, "*.csv"))
+    )
     if not envs:
         sys.exit("no results/<env>/*.csv yet: run results/run_evidence.sh first")
     for env in envs:
