@@ -182,6 +182,17 @@ def test_observation_sizes_match_mbpo():
 # --------------------------------------------------------------------------------------
 
 
+def test_constant_input_keeps_unit_scale():
+    """A column constant in the data so far (IDP's constraint force before the first contact) must not blow up a
+    later nonzero value: as MBPO's scaler, std < 1e-12 is replaced by 1."""
+    model = usbpo.GaussianEnsemble(2, 1, 3, 2, 8)
+    x = torch.cat([torch.randn(100, 1), torch.zeros(100, 1), torch.randn(100, 1)], -1)
+    model.fit_normaliser(x)
+    assert model.input_std[1] == 1.0 and model.input_std[0] == x[:, 0].std()
+    mean, _ = model(torch.tensor([[[0.0, 10.0, 0.0]]]).expand(3, 1, 3))
+    assert mean.abs().max() < 1e3
+
+
 def test_ensemble_members_are_independent():
     model = usbpo.GaussianEnsemble(4, 1, ensemble_size=7, hidden=32)
     mean, logvar = model(torch.randn(7, 16, 5))

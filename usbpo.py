@@ -380,8 +380,11 @@ class GaussianEnsemble(nn.Module):
         self.ensemble_size = ensemble_size
 
     def fit_normaliser(self, x):
+        """Standardise each input by the data's mean and std; a constant input keeps std 1, as MBPO's scaler does
+        (InvertedDoublePendulum's constraint force is 0 until the cart first hits its rail, then 10)."""
+        std = x.std(0)
         self.input_mean.copy_(x.mean(0))
-        self.input_std.copy_(x.std(0).clamp_min(1e-12))
+        self.input_std.copy_(torch.where(std < 1e-12, 1.0, std))
 
     def forward(self, x, members=None):
         """x [E, B, in] (or [len(members), B, in]) -> mean, log-variance [E, B, out], log-variance soft-bounded."""
