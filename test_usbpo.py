@@ -837,6 +837,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         (["--num-elites", "9"], "cannot exceed"),
         (["--real-ratio", "1.5"], "--real-ratio"),
         (["--seed", "abc"], "invalid int value"),
+        (["--gamma", "1.5"], "--gamma: must be in [0, 1]"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     ],
 )
@@ -865,29 +866,117 @@ def assert_failed_with_one_line(returncode, stderr, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
 
 
-def test_ctrl_c_gives_one_line_with_the_resume_command(tmp_path):
-    """Ctrl-C after a checkpoint: one line, no traceback; the --resume command for the run folder was printed."""
-    argv = [
-        "--env-id",
-        "InvertedPendulum-v4",
-        "--total-timesteps",
-        "5000",
-        "--checkpoint-every",
-        "1",
-        "--no-progress",
-        "--runs-dir",
-        str(tmp_path),
-    ]
+def stop_real_run(argv, run_dir_glob, sig, ready):
+    """Start usbpo.py in a subprocess, send it sig once ready(run_dir) holds; returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(usbpo_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not glob.glob(os.path.join(tmp_path, "*", "checkpoint.pt")) and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert_failed_with_one_line(proc.returncode, stderr, "interrupted")
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(ready(d) for d in glob.glob(run_dir_glob)):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=180)
+    return proc.returncode, stdout, stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_and_prints_how_to_continue(tmp_path):
+    """Ctrl-C: the run stops at the end of the current env step with a checkpoint there, one line, no traceback, and
+    the command that continues it (with the Python that ran it)."""
+    argv = ["--env-id", "InvertedPendulum-v4", "--total-timesteps", "5000", "--no-progress", "--runs-dir", str(tmp_path)]
+    code, stdout, stderr = stop_real_run(argv, str(tmp_path / "*"), signal.SIGINT, lambda d: rows_in(d) >= 1)
+    assert_failed_with_one_line(code, stderr, "stopped by SIGINT at step")
     (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
-    assert f"python usbpo.py --resume {run_dir}" in stdout
-    assert os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
+    step = int(stderr.split("at step ")[1].split(";")[0])
+    assert f"{sys.executable} {os.path.join(HERE, 'usbpo.py')} --resume {run_dir}" in stderr + stdout
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"] == step > 250
+
+
+def rows_in(run_dir):
+    path = os.path.join(run_dir, "progress.csv")
+    return sum(1 for _ in open(path)) - 1 if os.path.isfile(path) else 0
+
+
+def final_state(run_dir):
+    """The CSV rows without timing columns, and the last checkpoint."""
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        rows = [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
+    return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+
+
+def assert_same_run(run_a, run_b):
+    (rows_a, end_a), (rows_b, end_b) = final_state(run_a), final_state(run_b)
+    assert rows_a == rows_b and end_a["global_step"] == end_b["global_step"]
+    for key in ["agent", "model"]:
+        for name, tensor in end_a[key].items():
+            assert torch.equal(tensor, end_b[key][name]), (key, name)
+    assert torch.equal(end_a["real_buffer"]["rows"], end_b["real_buffer"]["rows"])
+
+
+def test_sigterm_stops_at_the_current_step_and_the_resumed_run_matches(tmp_path):
+    """Preemption: a scheduler's SIGTERM to a real run writes a checkpoint at the current env step (mid-epoch) and
+    ends with one line; resuming from it gives the same evaluations and weights as a run never stopped."""
+    argv = tiny_args_argv("--total-timesteps", "1500", "--checkpoint-every", "100")  # no regular checkpoint before the end
+    whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
+    stopped = tmp_path / "stopped"
+    code, _, stderr = stop_real_run(
+        argv + ["--runs-dir", str(stopped)], str(stopped / "*"), signal.SIGTERM, lambda d: rows_in(d) >= 2
+    )
+    assert_failed_with_one_line(code, stderr, "stopped by SIGTERM at step")
+    (run_dir,) = glob.glob(str(stopped / "*"))
+    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"]
+    assert 500 <= step < 1500 and f"at step {step};" in stderr
+    usbpo.main(["--resume", run_dir])
+    assert_same_run(whole, run_dir)
+
+
+def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_path, capsys):
+    short = usbpo.main(tiny_args_argv("--total-timesteps", "500", "--runs-dir", str(tmp_path / "short")))
+    assert usbpo.main(["--resume", short]) == short  # finished: says so, changes nothing
+    assert "is finished (500 steps); --total-timesteps N extends it" in capsys.readouterr().out
+    assert_one_line_error(["--resume", short, "--env-id", "Walker2d-v4"], "--env-id Walker2d-v4 differs from the run's")
+    assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 500 steps")
+    usbpo.main(["--resume", short, "--total-timesteps", "750"])
+    longer = usbpo.main(tiny_args_argv("--runs-dir", str(tmp_path / "long")))  # 750 steps from the start
+    assert_same_run(short, longer)
+
+
+def test_failed_start_gives_one_line_and_leaves_no_run_folder(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert_one_line_error(["--device", "mps", *runs], "--device 'mps' is not supported")
+    assert_one_line_error(["--rollout-batch-size", "2000000000", *runs], "the replay buffers need")
+    assert_one_line_error(["--seed", "-1", *runs], "--seed: must be zero or positive")
+    assert not (tmp_path / "runs").exists()
+    for where in [a_file / "runs", "/proc/usbpo-test"]:  # under a file; on a read-only file system
+        assert_one_line_error(["--env-id", "InvertedPendulum-v4", "--runs-dir", str(where)], "cannot create the run folder")
+
+
+@pytest.mark.parametrize("phase", ["SAC update", "model rollout", "phase 2 (fine-tune)"])
+def test_non_finite_values_stop_the_run_before_a_checkpoint(tmp_path, monkeypatch, phase):
+    """A NaN injected after the first checkpoint stops the run with one line naming the phase and the step; the
+    checkpoint on disk is still the last good one."""
+    calls, target = [], {"SAC update": (usbpo.SAC, "update"), "model rollout": (usbpo.GaussianEnsemble, "step"),
+                         "phase 2 (fine-tune)": (usbpo, "usb_objective")}[phase]  # fmt: skip
+    real = getattr(*target)
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(1)
+        if len(calls) > {"SAC update": 100, "model rollout": 1, "phase 2 (fine-tune)": 5}[phase]:
+            out = (
+                type(out)({k: v * math.nan for k, v in out.items()})
+                if isinstance(out, dict)
+                else tuple(v * math.nan for v in out)
+            )
+        return out
+
+    monkeypatch.setattr(*target, poisoned)
+    with pytest.raises(SystemExit) as stop:
+        usbpo.main(tiny_args_argv("--checkpoint-every", "1", "--runs-dir", str(tmp_path)))
+    message = str(stop.value)
+    assert f"non-finite values in the {phase} at step" in message and "continue from the checkpoint of step 250" in message
+    (run_dir,) = glob.glob(str(tmp_path / "*"))
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    assert checkpoint["global_step"] == 250 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
 def test_learns_inverted_pendulum(tmp_path):

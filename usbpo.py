@@ -29,7 +29,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -147,6 +149,15 @@ def fail(message):
     raise SystemExit(f"usbpo: error: {message}")
 
 
+class NonFinite(Exception):
+    """A NaN or infinite loss or prediction: the run stops (main names the step) before it reaches a checkpoint."""
+
+
+def check_finite(value, phase):
+    if not torch.isfinite(value).all():
+        raise NonFinite(phase)
+
+
 def env_family(env_id):
     family, _, version = env_id.rpartition("-")
     if family not in PRESETS or version not in SUPPORTED_VERSIONS:
@@ -156,8 +167,12 @@ def env_family(env_id):
 
 
 def parse_args(argv=None):
-    """The flags, with the preset of the chosen environment filled in where a flag was left out, checked."""
-    args = build_parser().parse_args(argv)
+    """The flags, with the preset of the chosen environment filled in where a flag was left out, checked; and the
+    checkpoint to continue from (None for a new run)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        return resume_args(parser, argv, args.resume)
     *values, extra = PRESETS[env_family(args.env_id)]
     preset = {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
     for key, value in preset.items():
@@ -168,7 +183,28 @@ def parse_args(argv=None):
         args.exp_name = "mbpo" if args.no_finetune else "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
     check_args(args)
     args.device = resolve_device(args.device)
-    return args
+    return args, None
+
+
+def resume_args(parser, argv, run_dir):
+    """--resume RUN continues the run with its saved configuration; --total-timesteps N extends it to N steps (the
+    budget only sizes the real buffer, which never wraps, so the run goes on as one started with N steps would).
+    Any other flag given must agree with the saved one; --no-progress may change."""
+    checkpoint = load_checkpoint(run_dir)
+    saved = checkpoint["args"]
+    for action in parser._actions:  # parse again, keeping only the flags actually given
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    for key, value in given.items():
+        value = resolve_device(value) if key == "device" else tuple(value) if isinstance(value, list) else value
+        if key not in ("resume", "total_timesteps", "no_progress") and value != saved[key]:
+            only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
+            fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]}: {only}")
+    args = argparse.Namespace(**{**saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
+    if args.total_timesteps < checkpoint["global_step"]:
+        fail(f"--total-timesteps {args.total_timesteps} is below the {checkpoint['global_step']} steps the run has made")
+    check_args(args)
+    return args, checkpoint
 
 
 def check_args(args):
@@ -195,9 +231,11 @@ def resolve_device(name):
     try:
         device = torch.device(name)
     except RuntimeError:
-        fail(f"--device '{name}' is not a device; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        fail(f"--device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s); use --device cpu or auto")
     return str(device)
 
 
@@ -471,6 +509,7 @@ def train_ensemble(model, optimizer, inputs, targets, args):
             optimizer.step()
         epoch += 1
         mse = model.mse(inputs[holdout], targets[holdout])
+        check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
         if improved.any():  # snapshot the improved members only
             for best, p in zip(best_params, member_params):
@@ -646,6 +685,8 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         loss.backward()
         optimizer.step()
         val_loss = validate()[0]
+        if not math.isfinite(val_loss):
+            raise NonFinite("phase 2 (fine-tune)")
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
             best_loss, best_state, steps_kept, since_best = val_loss, snapshot(), step, 0
         else:
@@ -774,6 +815,7 @@ def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
     for _ in range(k):
         act, _ = actor(obs)
         rew, next_obs = model.step(obs, act)
+        check_finite(next_obs, "model rollout")
         terminated = termination_fn(obs, act, next_obs)
         model_buffer.add(torch.cat([obs, act, rew[:, None], next_obs, terminated[:, None].float()], dim=-1))
         obs = next_obs[~terminated]
@@ -851,10 +893,10 @@ def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args
 def main(argv=None):
     """MBPO's loop with USB-PO's model update: act, store, (every model_train_freq steps) update the model and roll it
     out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
-    args, checkpoint = parse_args(argv), None
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        args = argparse.Namespace(**{**checkpoint["args"], "resume": args.resume})
+    args, checkpoint = parse_args(argv)
+    if checkpoint and checkpoint["global_step"] >= args.total_timesteps:
+        print(f"usbpo: the run in {args.resume} is finished ({args.total_timesteps} steps); --total-timesteps N extends it")
+        return args.resume
     device = torch.device(args.device)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -863,6 +905,7 @@ def main(argv=None):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     termination_fn = get_termination_fn(args.env_id)
 
+    check_memory(args, obs_dim, act_dim, device)
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
@@ -871,48 +914,62 @@ def main(argv=None):
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
     sac_update = torch.compile(agent.update) if args.compile else agent.update
-    parts = checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env)
 
     start_step = checkpoint["global_step"] + 1 if checkpoint else 1
-    log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step, checkpoint)
+    log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step)
+    parts = checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env, log)
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
     model_stats, losses = {}, {}
     if checkpoint:
-        obs, model_stats = restore_checkpoint(checkpoint, parts)
-    for global_step in range(start_step, args.total_timesteps + 1):
-        # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
-        if global_step <= args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            with torch.no_grad():
-                action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
-        real_buffer.add(torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
-        obs = next_obs
-        if terminated or truncated:
-            log.episode(global_step, info["episode"])
-            obs, _ = env.reset()
+        obs, model_stats, losses = restore_checkpoint(checkpoint, parts)
+        real_buffer.resize(args.total_timesteps)  # --total-timesteps may have extended the run
+    with SafeStop(log.run_dir, start_step - 1 if checkpoint else None) as stop:
+        for global_step in range(start_step, args.total_timesteps + 1):
+            stop.step = global_step
+            # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
+            if global_step <= args.learning_starts:
+                action = env.action_space.sample()
+            else:
+                with torch.no_grad():
+                    action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
+            real_buffer.add(torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
+            obs = next_obs
+            if terminated or truncated:
+                log.episode(global_step, info["episode"])
+                obs, _ = env.reset()
 
-        if global_step >= args.learning_starts:
-            # --- every model_train_freq steps: phase 1, phase 2, and fresh model rollouts from real states
-            if global_step % args.model_train_freq == 0:
-                epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase, as MBPO
-                model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
-                model_stats.update(model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch))
-                log.model(global_step, model_stats)
-            # --- SAC on mixed real and model data
-            if args.updates_per_step > 0:
-                for rows in sample_batches(real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio):
-                    losses = sac_update(*real_buffer.split(rows))
-        log.step()
+            if global_step >= args.learning_starts:
+                # --- every model_train_freq steps: phase 1, phase 2, and fresh model rollouts from real states
+                if global_step % args.model_train_freq == 0:
+                    epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase
+                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
+                    model_stats.update(
+                        model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
+                    )
+                    log.model(global_step, model_stats)
+                # --- SAC on mixed real and model data
+                if args.updates_per_step > 0:
+                    for rows in sample_batches(
+                        real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio
+                    ):
+                        losses = sac_update(*real_buffer.split(rows))
+                    check_finite(torch.stack(list(losses.values())), "SAC update")
+            log.step()
 
-        # --- end of epoch: evaluate, log, checkpoint
-        if global_step % args.epoch_length == 0:
-            log.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats, losses)
-            if args.checkpoint_every and (global_step // args.epoch_length) % args.checkpoint_every == 0:
-                save_checkpoint(log.run_dir, parts, vars(args), global_step, log.wall_time, obs, model_stats)
+            # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
+            epoch_end = global_step % args.epoch_length == 0
+            if epoch_end:
+                log.epoch(
+                    global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats, losses
+                )
+            if args.checkpoint_every and (stop.signal or checkpoint_due(args, global_step)):
+                save_checkpoint(log.run_dir, parts, vars(args), global_step, obs, model_stats, losses)
+                stop.checkpoint_step = global_step
+            if stop.signal:
+                stop.exit()
     log.close()
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
@@ -935,20 +992,25 @@ class Logger:
     """Where a run reports: its folder (config.json), one row per epoch to progress.csv, TensorBoard and the console
     (or the progress bar), and TensorBoard scalars for each episode and model training."""
 
-    def __init__(self, args, extra_config, start_step, checkpoint=None):
+    def __init__(self, args, extra_config, start_step):
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.run_dir = args.resume or os.path.join(args.runs_dir, name)
-        os.makedirs(self.run_dir, exist_ok=True)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
         config = {**vars(args), **extra_config}
         print("usbpo config: " + json.dumps(config))
-        resume_hint = f"  (after a crash or kill: python usbpo.py --resume {self.run_dir})" if args.checkpoint_every else ""
-        print(f"run folder: {self.run_dir}{resume_hint}")
+        every = (
+            f"checkpoints every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "no checkpoints"
+        )
+        print(f"run folder: {self.run_dir}  ({every}; to continue from the last: {resume_command(self.run_dir)})")
         self.csv_path, rows = os.path.join(self.run_dir, "progress.csv"), []
-        if checkpoint is None:
+        if not args.resume:
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
             table = "\n".join(f"|{key}|{value}|" for key, value in config.items())
@@ -963,9 +1025,16 @@ class Logger:
             out.writerows(rows)
         quiet = args.no_progress or not sys.stderr.isatty()
         self.bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True, disable=quiet)
-        self.epoch_start = time.time()
-        self.start_time = self.epoch_start - (checkpoint["wall_time"] if checkpoint else 0.0)  # the run's time, over resumes
-        self.wall_time = 0.0
+        self.start_time = self.epoch_start = time.time()
+
+    def state_dict(self):  # wall_time counts the run's own time, across resumes
+        now = time.time()
+        return dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start)
+
+    def load_state_dict(self, state):
+        now = time.time()
+        self.train_returns, self.start_time = state["train_returns"], now - state["wall_time"]
+        self.epoch_start = now - state["epoch_seconds"]
 
     def step(self):
         self.bar.update(1)
@@ -984,10 +1053,10 @@ class Logger:
         now = time.time()
         sps, eval_return = self.epoch_length / (now - self.epoch_start), evaluate()
         self.epoch_start = time.time()
-        self.wall_time, train_return = now - self.start_time, np.mean(self.train_returns) if self.train_returns else np.nan
+        train_return = np.mean(self.train_returns) if self.train_returns else np.nan
         row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
         row.update(env_steps=step, epoch=step // self.epoch_length, eval_return=eval_return, train_return=float(train_return))
-        row.update(sps=sps, wall_time=self.wall_time)
+        row.update(sps=sps, wall_time=now - self.start_time)
         self.train_returns = []
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
@@ -1045,10 +1114,12 @@ def restore_env_and_rng_state(env, eval_env, state):
         generator.bit_generator.state = generator_state
 
 
-def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env):
+def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env, log):
     """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}: saving and resuming both
     read this one list, so a part added here is saved and restored."""
-    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
+    stateful = dict(
+        agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer, log=log
+    )
     stateful.update(actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
     if authors is not None:
         stateful["finetune_optim"] = authors.optimizer  # the authors' fine-tune keeps its Adam across trainings
@@ -1057,11 +1128,18 @@ def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buff
     return parts
 
 
-def save_checkpoint(run_dir, parts, args, global_step, wall_time, obs, model_stats):
+def checkpoint_due(args, step):
+    """At the end of every checkpoint_every-th epoch, and at the end of the run (so that it can be extended)."""
+    return step % args.epoch_length == 0 and (
+        step // args.epoch_length % args.checkpoint_every == 0 or step == args.total_timesteps
+    )
+
+
+def save_checkpoint(run_dir, parts, args, global_step, obs, model_stats, losses):
     """Write every part and the loop's own state to run_dir/checkpoint.pt, atomically: a kill during the write never
     corrupts the last checkpoint."""
     path, state = os.path.join(run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in parts.items()}
-    loop = dict(args=args, global_step=global_step, wall_time=wall_time, obs=obs, model_stats=model_stats)
+    loop = dict(args=args, global_step=global_step, obs=obs, model_stats=model_stats, losses=losses)
     torch.save({**state, **loop}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -1077,14 +1155,69 @@ def load_checkpoint(run_dir):
 
 
 def restore_checkpoint(checkpoint, parts):
-    """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
+    """Restore every part (on envs that have been reset once); returns the loop's observation, model stats, losses."""
     for name, (_, restore) in parts.items():
         restore(checkpoint[name])
-    return checkpoint["obs"], checkpoint["model_stats"]
+    return checkpoint["obs"], checkpoint["model_stats"], checkpoint["losses"]
+
+
+def resume_command(run_dir):
+    return f"{sys.executable} {sys.argv[0] if sys.argv[0].endswith('usbpo.py') else __file__} --resume {run_dir}"
+
+
+class SafeStop:
+    """Stopping a run without losing it. SIGTERM (what a scheduler sends before preemption) and SIGINT (Ctrl-C) ask the
+    run to stop at the end of the current env step, where main writes a checkpoint and calls exit(); a second signal
+    stops at once. A NonFinite raised in the loop stops the run with one line that names the phase and the step,
+    before the bad state reaches a checkpoint."""
+
+    def __init__(self, run_dir, checkpoint_step):
+        self.run_dir, self.checkpoint_step, self.step, self.signal, self.previous = run_dir, checkpoint_step, 0, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def request(self, signum, frame):
+        if self.signal is not None:
+            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint()}")
+        self.signal = signal.Signals(signum).name
+
+    def exit(self):
+        raise SystemExit(f"usbpo: stopped by {self.signal} at step {self.step}; {self.last_checkpoint()}")
+
+    def last_checkpoint(self):
+        if self.checkpoint_step is None:
+            return "no checkpoint was written, so the run cannot be continued"
+        return f"continue from the checkpoint of step {self.checkpoint_step} with: {resume_command(self.run_dir)}"
+
+    def __exit__(self, kind, error, traceback):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        if kind is NonFinite:
+            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
+
+
+def check_memory(args, obs_dim, act_dim, device):
+    """Refuse, before they are allocated, replay buffers that cannot fit on the training device."""
+    row_bytes = 4 * (2 * obs_dim + act_dim + 2)
+    need = row_bytes * (args.total_timesteps + model_buffer_capacity(args, max(args.rollout_schedule[2:])))
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):  # not Linux: no check
+            free = math.inf
+    if need > free:
+        lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
+        fail(f"the replay buffers need {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device}; {lower}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (the last checkpoint is intact: written atomically)
-        fail("interrupted; the run continues from its last checkpoint with the --resume command printed at its start")
+    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, SafeStop turns Ctrl-C into a checkpoint)
+        raise SystemExit("usbpo: interrupted before the run's first step; nothing was written to continue from") from None
