@@ -22,6 +22,7 @@ import torch
 
 import usbpo
 
+torch.set_num_threads(1)  # as usbpo.py by default: results that do not depend on the machine's core count, no collapse
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPORTED_VERSIONS]
 

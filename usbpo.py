@@ -92,6 +92,7 @@ def build_parser():
     a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
     a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run [preset]")
     a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training [preset]")
     a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule [preset]")
@@ -898,6 +899,7 @@ def main(argv=None):
         print(f"usbpo: the run in {args.resume} is finished ({args.total_timesteps} steps); --total-timesteps N extends it")
         return args.resume
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -176,6 +176,8 @@ def loop_seconds_per_1000(env_id, learning_starts, extra=()):
                 "0",
                 "--device",
                 str(DEVICE),
+                "--threads",  # as many as the components were timed with
+                str(torch.get_num_threads()),
                 "--runs-dir",
                 tmp,
                 *extra,
