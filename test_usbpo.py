@@ -402,6 +402,55 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------
+# CMLO's trigger
+# --------------------------------------------------------------------------------------
+
+
+def fires(trigger, steps, error, volume, every):
+    """Steps at which the trigger fires on a stream: the same error at every step, the same hull volume every
+    `every` steps (all after the first training)."""
+    return [t for t in range(1, steps + 1) if trigger.step(t, error, volume(t) if t % every == 0 else None)]
+
+
+def test_cmlo_trigger_fires_where_the_rule_says():
+    # Equal volumes and e = 1: each ratio adds log(1 + 1 * 1) = 0.69; the first volume (step 20) has no ratio.
+    # alpha 3 is passed at the 5th ratio (step 120, 3.47), but n >= 150 holds first at step 160: the lower clamp.
+    # After a trigger S_ev and n restart from 0 (the ratio count does not): next at 320, then 480.
+    assert fires(usbpo.CMLOTrigger(3.0, 20), 500, 1.0, lambda t: 5.0, 20) == [160, 320, 480]
+    # With C = 100 and alpha 1, two ratios (steps 200 and 300, 1.39 > 1) are needed: the threshold decides, at 300;
+    # then S_ev passes 1 again at the second ratio after it (step 500, n = 200).
+    assert fires(usbpo.CMLOTrigger(1.0, 100), 700, 1.0, lambda t: 5.0, 100) == [300, 500, 700]
+    # A threshold never reached: the upper clamp retrains every 500 steps.
+    assert fires(usbpo.CMLOTrigger(1e9, 20), 1200, 1.0, lambda t: 5.0, 20) == [500, 1000]
+    # Growing volumes count through rho: V doubles every check and e = 0.5, so each ratio adds log(1 + 2 * 0.5).
+    trigger = usbpo.CMLOTrigger(1e9, 20)
+    fires(trigger, 100, 0.5, lambda t: 2.0 ** (t // 20), 20)
+    assert trigger.s_ev == pytest.approx(4 * math.log(2.0)) and trigger.e_bar == 0.5 and trigger.n == 100
+
+
+def test_cmlo_run_trains_when_triggered_and_rolls_out_on_schedule(tmp_path, monkeypatch):
+    trained, rolled, fired = [], [], []
+    real_update, real_rollouts, real_step = usbpo.update_model, usbpo.model_rollouts, usbpo.CMLOTrigger.step
+
+    def step(self, t, error=None, volume=None):
+        out = real_step(self, t, error, volume)
+        fired.extend([t] if out else [])
+        return out
+
+    monkeypatch.setattr(usbpo.CMLOTrigger, "step", step)
+    monkeypatch.setattr(usbpo, "update_model", lambda *a: trained.append(a[2].size) or real_update(*a))
+    monkeypatch.setattr(usbpo, "model_rollouts", lambda *a: rolled.append(a[3].size) or real_rollouts(*a))
+    argv = tiny_args_argv("--total-timesteps", "1000", "--cmlo-threshold", "0.2", "--cmlo-check-every", "20")
+    run_dir = usbpo.main(argv + ["--runs-dir", str(tmp_path)])
+    assert "__cmlo__" in run_dir and fired and all(t > 250 for t in fired)
+    assert trained == [250, *fired] and rolled == [250, 500, 750, 1000]  # real-buffer sizes = the steps
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert sum(int(r["model_trainings"]) for r in rows) == len(trained) and rows[-1]["cmlo_e_bar"] != "nan"
+    assert all(r["finetune_steps_kept"] == "nan" for r in rows)  # no fine-tune in CMLO mode
+
+
+# --------------------------------------------------------------------------------------
 # Rollouts and the model buffer
 # --------------------------------------------------------------------------------------
 
@@ -839,6 +888,9 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         (["--real-ratio", "1.5"], "--real-ratio"),
         (["--seed", "abc"], "invalid int value"),
         (["--gamma", "1.5"], "--gamma: must be in [0, 1]"),
+        (["--cmlo", "--env-id", "InvertedPendulum-v4"], "no threshold for InvertedPendulum-v4"),
+        (["--cmlo", "--finetune-objective", "authors"], "CMLO mode has no fine-tune"),
+        (["--cmlo-threshold", "-1"], "--cmlo-threshold: must be positive"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     ],
 )
@@ -930,7 +982,9 @@ def test_sigterm_stops_at_the_current_step_and_the_resumed_run_matches(tmp_path)
 
 def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_path, capsys):
     short = usbpo.main(tiny_args_argv("--total-timesteps", "500", "--runs-dir", str(tmp_path / "short")))
-    assert usbpo.main(["--resume", short]) == short  # finished: says so, changes nothing
+    with pytest.raises(SystemExit) as finished:  # finished: says so, changes nothing, exit code 0
+        usbpo.main(["--resume", short])
+    assert finished.value.code == 0
     assert "is finished (500 steps); --total-timesteps N extends it" in capsys.readouterr().out
     assert_one_line_error(["--resume", short, "--env-id", "Walker2d-v4"], "--env-id Walker2d-v4 differs from the run's")
     assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 500 steps")

@@ -9,8 +9,9 @@ A one-file reference implementation in the style of CleanRL. Read it top to bott
     5. the USB fine-tune                    (phase 2: Eq. 3, W2 model shift + W2 model bias)
     6. SAC
     7. model rollouts
-    8. the training loop                    (main: MBPO's steps, USB-PO's model update)
-    9. run management                       (logging, checkpoints)
+    8. CMLO's update trigger                (the seed's baseline: when to retrain, not how)
+    9. the training loop                    (main: MBPO's steps, USB-PO's model update)
+   10. run management                       (logging, checkpoints)
 
 USB-PO is MBPO (Janner et al., 2019) with one extra step: after the ensemble M2 has been
 retrained by maximum likelihood, it is fine-tuned to minimise
@@ -46,20 +47,22 @@ import torch.nn.functional as F
 
 # Per-environment settings of the authors' configs (identical to MBPO's). A flag given on the command line wins;
 # a flag left out takes the value here. rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout
-# length k grows linearly from k_start to k_end between those epochs. Last, what differs from COMMON_PRESET.
+# length k grows linearly from k_start to k_end between those epochs. Last, what differs from COMMON_PRESET, such as
+# CMLO's threshold alpha and check interval C (from CMLO's configs; the pendulums have none).
 PRESET_FLAGS = "updates_per_step model_train_freq retain_epochs rollout_schedule target_entropy total_timesteps".split()
 # fmt: off
 PRESETS = {
-    "Hopper":                 (20,  250, 1, (20, 150, 1, 15), -1.0,  125_000, {}),
-    "Walker2d":               (20,  250, 1, (20, 150, 1, 1),  -3.0,  300_000, {}),
-    "HalfCheetah":            (40,  250, 1, (20, 150, 1, 1),  -3.0,  400_000, {}),
-    "Ant":                    (20,  250, 1, (20, 100, 1, 25), -4.0,  300_000, {}),
-    "Humanoid":               (20, 1000, 5, (20, 300, 1, 25), -2.0,  300_000, {"model_hidden": 400}),
+    "Hopper":                 (20,  250, 1, (20, 150, 1, 15), -1.0,  125_000, {"cmlo_threshold": 1.2, "cmlo_check_every": 20}),
+    "Walker2d":               (20,  250, 1, (20, 150, 1, 1),  -3.0,  300_000, {"cmlo_threshold": 3.0, "cmlo_check_every": 20}),
+    "HalfCheetah":            (40,  250, 1, (20, 150, 1, 1),  -3.0,  400_000, {"cmlo_threshold": 2.0, "cmlo_check_every": 50}),
+    "Ant":                    (20,  250, 1, (20, 100, 1, 25), -4.0,  300_000, {"cmlo_threshold": 2.0, "cmlo_check_every": 50}),
+    "Humanoid":               (20, 1000, 5, (20, 300, 1, 25), -2.0,  300_000, {"model_hidden": 400, "cmlo_threshold": 2.5,
+                                                                               "cmlo_check_every": 50}),
     "InvertedPendulum":       (10,  250, 1, (1, 15, 1, 1),    -0.05,  15_000, {"epoch_length": 250, "learning_starts": 500}),
     "InvertedDoublePendulum": (20,  250, 1, (1, 15, 1, 1),    -0.5,   15_000, {"epoch_length": 250, "learning_starts": 500}),
 }
 # fmt: on
-COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200}
+COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
 # MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}
 SUPPORTED_VERSIONS = ("v4", "v5")
@@ -117,6 +120,10 @@ def build_parser():
     a("--finetune-batch", type=POSITIVE_INT, default=1024, help="(s, a) from the model buffer per fine-tune step")
     a("--finetune-steps", type=COUNT, default=100, help="maximum fine-tune steps per model training")
     a("--finetune-patience", type=POSITIVE_INT, default=10, help="stop after this many steps without validation improvement")
+    # CMLO (Ji et al. 2022), the seed's fixed-threshold baseline: retrain the model when an event trigger fires
+    a("--cmlo", action="store_true", help="CMLO mode: event-triggered model updates, no fine-tune (threshold: preset)")
+    a("--cmlo-threshold", type=POSITIVE, help="CMLO's alpha; implies --cmlo [preset: Walker2d 3, Hopper 1.2, ...]")
+    a("--cmlo-check-every", type=POSITIVE_INT, help="CMLO's C: env steps between two convex-hull volumes [preset]")
     # rollouts
     a("--rollout-batch-size", type=POSITIVE_INT, default=100_000, help="real start states per model rollout phase")
     a(
@@ -174,14 +181,21 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.resume:
         return resume_args(parser, argv, args.resume)
+    args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
     *values, extra = PRESETS[env_family(args.env_id)]
+    if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in extra:
+        fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
     preset = {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
     for key, value in preset.items():
-        if getattr(args, key) is None:
+        if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
             setattr(args, key, value)
     args.rollout_schedule = tuple(args.rollout_schedule)
+    if args.cmlo and args.finetune_objective != "w2":
+        fail("CMLO mode has no fine-tune, so --finetune-objective does not apply: drop one of them")
+    args.no_finetune = args.no_finetune or args.cmlo  # CMLO changes when the model moves, not how: phase 1 only
     if args.exp_name is None:
-        args.exp_name = "mbpo" if args.no_finetune else "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
+        usbpo = "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
+        args.exp_name = "cmlo" if args.cmlo else "mbpo" if args.no_finetune else usbpo
     check_args(args)
     args.device = resolve_device(args.device)
     return args, None
@@ -204,6 +218,9 @@ def resume_args(parser, argv, run_dir):
     args = argparse.Namespace(**{**saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
     if args.total_timesteps < checkpoint["global_step"]:
         fail(f"--total-timesteps {args.total_timesteps} is below the {checkpoint['global_step']} steps the run has made")
+    if args.total_timesteps == checkpoint["global_step"]:  # not an error: a script may resume whatever it finds
+        print(f"usbpo: the run in {run_dir} is finished ({args.total_timesteps} steps); --total-timesteps N extends it")
+        raise SystemExit(0)
     check_args(args)
     return args, checkpoint
 
@@ -825,7 +842,83 @@ def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
 
 
 # ======================================================================================
-# 8. The training loop
+# 8. CMLO's update trigger (Ji et al., NeurIPS 2022): the seed's fixed-threshold baseline
+# ======================================================================================
+
+
+class CMLOTrigger:
+    """When CMLO retrains the model, from its official code (cat-mbrl-lib/mbrl/algorithms/cmlo.py, l. 216-359).
+
+    After the first model training, every env step adds the elites' one-step error on the real transition,
+        e = mean over elites of ||s'_hat - s'||_2  (one stochastic sample each, observation only),
+    to S_err, counts n and keeps e_bar = S_err / n. Every C steps, V = the volume of the convex hull of 1000 real
+    observations (drawn with replacement) projected on their first 3 principal components; from the second V on,
+        S_ev += log(1 + (V / V_prev) * e_bar).
+    The model is retrained when, at such a step, two ratios have been counted in the run, n >= 150 and S_ev > alpha,
+    or whenever n >= 500; a training resets S_ev, S_err and n.
+    """
+
+    def __init__(self, alpha, check_every, lower=150, upper=500):
+        self.alpha, self.check_every, self.lower, self.upper = alpha, check_every, lower, upper
+        self.n, self.s_err, self.s_ev, self.e_bar, self.volumes, self.ratios = 0, 0.0, 0.0, 0.0, [], 0
+        self.last_s_ev, self.last_interval = math.nan, math.nan  # at the last trigger: what Figure 1 is about
+
+    def step(self, step, error=None, volume=None):
+        """One env step: error (after the first training) and, every check_every steps, the hull volume.
+        Returns whether to retrain the model now."""
+        if error is not None:
+            self.s_err, self.n = self.s_err + error, self.n + 1
+            self.e_bar = self.s_err / self.n
+        fire = False
+        if volume is not None:
+            if self.volumes and error is not None:  # ratios count once the model has been trained
+                self.s_ev += math.log1p(volume / self.volumes[-1] * self.e_bar)
+                self.ratios += 1
+                fire = self.ratios >= 2 and self.n >= self.lower and self.s_ev > self.alpha
+            self.volumes.append(volume)
+        if fire or self.n >= self.upper:
+            self.last_s_ev, self.last_interval = self.s_ev, self.n
+            self.n, self.s_err, self.s_ev = 0, 0.0, 0.0
+            return True
+        return False
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+@torch.no_grad()
+def elite_error(model, obs, act, next_obs):
+    """CMLO's e: mean over the elites of the L2 error of one sampled next observation on a real transition."""
+    x = torch.cat([obs, act])[None, None].expand(len(model.elites), 1, -1)
+    mean, logvar = model(x, model.elites)
+    delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+    return (obs + delta[:, 0, 1:] - next_obs).norm(dim=-1).mean().item()
+
+
+def cmlo_step(cmlo, model, real_buffer, row, step, args):
+    """Feed CMLO's trigger one env step (the stored real transition row); returns whether to retrain now."""
+    obs, act, _, next_obs, _ = real_buffer.split(row[0])
+    error = elite_error(model, obs, act, next_obs) if step > args.learning_starts else None  # after the first training
+    return cmlo.step(step, error, hull_volume(real_buffer) if step % args.cmlo_check_every == 0 else None)
+
+
+def hull_volume(real_buffer, n=1000, dims=3):
+    """Volume of the convex hull (Qhull, through scipy) of n real observations, projected on their top principal axes."""
+    from scipy.spatial import ConvexHull
+
+    if real_buffer.size <= dims:  # no volume yet
+        return None
+    obs = real_buffer.split(real_buffer.data[torch.randint(real_buffer.size, (n,), device=real_buffer.data.device)])[0]
+    centred = obs - obs.mean(0)
+    axes = torch.linalg.svd(centred, full_matrices=False).Vh[:dims]
+    return float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
+
+
+# ======================================================================================
+# 9. The training loop
 # ======================================================================================
 
 
@@ -895,9 +988,6 @@ def main(argv=None):
     """MBPO's loop with USB-PO's model update: act, store, (every model_train_freq steps) update the model and roll it
     out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
     args, checkpoint = parse_args(argv)
-    if checkpoint and checkpoint["global_step"] >= args.total_timesteps:
-        print(f"usbpo: the run in {args.resume} is finished ({args.total_timesteps} steps); --total-timesteps N extends it")
-        return args.resume
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -912,6 +1002,7 @@ def main(argv=None):
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
+    cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
     k0 = rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
@@ -919,7 +1010,7 @@ def main(argv=None):
 
     start_step = checkpoint["global_step"] + 1 if checkpoint else 1
     log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step)
-    parts = checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env, log)
+    parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log)
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
     model_stats, losses = {}, {}
@@ -937,33 +1028,37 @@ def main(argv=None):
                     action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = env.step(action)
             transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
-            real_buffer.add(torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
+            real_buffer.add(row := torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
+            cmlo_fired = cmlo is not None and cmlo_step(cmlo, model, real_buffer, row, global_step, args)
             obs = next_obs
             if terminated or truncated:
                 log.episode(global_step, info["episode"])
                 obs, _ = env.reset()
 
             if global_step >= args.learning_starts:
-                # --- every model_train_freq steps: phase 1, phase 2, and fresh model rollouts from real states
+                # --- phase 1, phase 2 every model_train_freq steps (CMLO: at learning starts, then when its trigger fires)
+                if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
+                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
+                    model_stats.update(dict(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar) if cmlo else {})
+                    log.model(global_step, model_stats, trained=True)
+                # --- fresh model rollouts from real states, on MBPO's schedule (CMLO too, trained or not)
                 if global_step % args.model_train_freq == 0:
                     epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase
-                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
-                    model_stats.update(
-                        model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
-                    )
-                    log.model(global_step, model_stats)
+                    rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
+                    model_stats.update(rollouts)
+                    log.model(global_step, rollouts)
                 # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
-                    for rows in sample_batches(
+                    batches = sample_batches(
                         real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio
-                    ):
+                    )
+                    for rows in batches:
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
             log.step()
 
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
-            epoch_end = global_step % args.epoch_length == 0
-            if epoch_end:
+            if global_step % args.epoch_length == 0:
                 log.epoch(
                     global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats, losses
                 )
@@ -981,12 +1076,13 @@ def main(argv=None):
 
 
 # ======================================================================================
-# 9. Run management: logging, checkpoints
+# 10. Run management: logging, checkpoints
 # ======================================================================================
 
 CSV_FIELDS = (
     "env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1 holdout_nll_phase2 "
-    "shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs sps wall_time"
+    "shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs model_trainings "
+    "model_interval cmlo_s_ev cmlo_e_bar sps wall_time"
 ).split()
 
 
@@ -1005,6 +1101,7 @@ class Logger:
         from tqdm import tqdm
 
         self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
+        self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
         config = {**vars(args), **extra_config}
         print("usbpo config: " + json.dumps(config))
         every = (
@@ -1031,12 +1128,14 @@ class Logger:
 
     def state_dict(self):  # wall_time counts the run's own time, across resumes
         now = time.time()
-        return dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start)
+        state = dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start)
+        return {**state, "trainings": (self.trainings, self.last_training, self.interval)}
 
     def load_state_dict(self, state):
         now = time.time()
         self.train_returns, self.start_time = state["train_returns"], now - state["wall_time"]
         self.epoch_start = now - state["epoch_seconds"]
+        self.trainings, self.last_training, self.interval = state["trainings"]
 
     def step(self):
         self.bar.update(1)
@@ -1046,7 +1145,10 @@ class Logger:
         self.writer.add_scalar("charts/episodic_return", float(stats["r"]), step)
         self.writer.add_scalar("charts/episodic_length", int(stats["l"]), step)
 
-    def model(self, step, stats):
+    def model(self, step, stats, trained=False):
+        if trained:
+            self.interval = step - self.last_training if self.last_training is not None else math.nan
+            self.trainings, self.last_training = self.trainings + 1, step
         for key, value in stats.items():
             self.writer.add_scalar(f"model/{key}", value, step)
 
@@ -1058,8 +1160,8 @@ class Logger:
         train_return = np.mean(self.train_returns) if self.train_returns else np.nan
         row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
         row.update(env_steps=step, epoch=step // self.epoch_length, eval_return=eval_return, train_return=float(train_return))
-        row.update(sps=sps, wall_time=now - self.start_time)
-        self.train_returns = []
+        row.update(sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings, model_interval=self.interval)
+        self.train_returns, self.trainings = [], 0
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
         self.writer.add_scalar("charts/eval_return", eval_return, step)
@@ -1116,7 +1218,7 @@ def restore_env_and_rng_state(env, eval_env, state):
         generator.bit_generator.state = generator_state
 
 
-def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buffer, env, eval_env, log):
+def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log):
     """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}: saving and resuming both
     read this one list, so a part added here is saved and restored."""
     stateful = dict(
@@ -1125,6 +1227,8 @@ def checkpoint_parts(agent, model, model_optim, authors, real_buffer, model_buff
     stateful.update(actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
     if authors is not None:
         stateful["finetune_optim"] = authors.optimizer  # the authors' fine-tune keeps its Adam across trainings
+    if cmlo is not None:
+        stateful["cmlo"] = cmlo
     parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
     parts["env_and_rng"] = (lambda: env_and_rng_state(env, eval_env), lambda s: restore_env_and_rng_state(env, eval_env, s))
     return parts
