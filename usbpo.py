@@ -1149,6 +1149,7 @@ class Logger:
         if trained:
             self.interval = step - self.last_training if self.last_training is not None else math.nan
             self.trainings, self.last_training = self.trainings + 1, step
+            self.writer.add_scalar("model/interval", self.interval, step)  # env steps since the previous training
         for key, value in stats.items():
             self.writer.add_scalar(f"model/{key}", value, step)
 

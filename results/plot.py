@@ -26,6 +26,9 @@ VARIANTS = {  # file prefix: label, colour (the order of the tables)
     "usbpo_shift_only": ("USB-PO, shift term only", "tab:purple"),
     "usbpo_bias_only": ("USB-PO, bias term only", "tab:green"),
     "mbpo": ("MBPO (--no-finetune)", "tab:blue"),
+    "cmlo_a1.0": ("CMLO, alpha 1", "tab:olive"),
+    "cmlo_a3.0": ("CMLO, alpha 3", "tab:cyan"),
+    "cmlo_a5.0": ("CMLO, alpha 5", "tab:gray"),
 }
 
 
@@ -42,7 +45,7 @@ def load(env_dir):
 
 def finetuned(runs):
     """The variants that fine-tune (all but MBPO)."""
-    return {v: seeds for v, seeds in runs.items() if v != "mbpo"}
+    return {v: seeds for v, seeds in runs.items() if v.startswith("usbpo")}
 
 
 def curve(seeds, column="eval_return"):

@@ -3,7 +3,8 @@
 # (OMP_NUM_THREADS=1); each finished run's progress.csv is copied to results/<env>/<variant>_seed<seed>.csv.
 #   Usage: [VARIANTS="usbpo mbpo"] [LANES=2] bash results/run_evidence.sh ENV_ID STEPS SEED...
 # Variants: usbpo (default flags), usbpo_authors (--finetune-objective authors), mbpo (--no-finetune),
-# usbpo_shift_only (--bias-coef 0), usbpo_bias_only (--shift-coef 0). The runs (seeds outer, variants inner)
+# usbpo_shift_only (--bias-coef 0), usbpo_bias_only (--shift-coef 0), cmlo_a<ALPHA> (--cmlo-threshold ALPHA,
+# e.g. cmlo_a3.0). The runs (seeds outer, variants inner)
 # are dealt round-robin to LANES parallel lanes. Run again after a kill (or a session's end), the same
 # command continues each unfinished run from its last checkpoint, bit for bit, and skips finished ones;
 # delete runs/evidence/<env>/<variant>_<seed> to start that run over.
@@ -19,6 +20,7 @@ flags() {
     mbpo) echo "--no-finetune" ;;
     usbpo_shift_only) echo "--bias-coef 0" ;;
     usbpo_bias_only) echo "--shift-coef 0" ;;
+    cmlo_a*) echo "--cmlo-threshold ${1#cmlo_a}" ;;
     *) echo "run_evidence.sh: unknown variant '$1'" >&2; exit 2 ;;
   esac
 }
