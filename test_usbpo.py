@@ -56,7 +56,7 @@ def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
 
 
 def tiny_args(*extra, env_id="InvertedPendulum-v4"):
-    return usbpo.parse_args(tiny_args_argv(*extra, env_id=env_id))
+    return usbpo.parse_args(tiny_args_argv(*extra, env_id=env_id))[0]
 
 
 def random_transitions(env_id, n, seed=0):

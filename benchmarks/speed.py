@@ -64,7 +64,7 @@ def matmul_peak(n=1024, repeat=20):
 
 
 def components(quick):
-    args = usbpo.parse_args(["--env-id", "Hopper-v4", "--device", str(DEVICE)])
+    args, _ = usbpo.parse_args(["--env-id", "Hopper-v4", "--device", str(DEVICE)])
     obs_dim, act_dim = 11, 3
     agent = usbpo.SAC(obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), args).to(DEVICE)
     width = 2 * obs_dim + act_dim + 2
