@@ -588,7 +588,8 @@ def plain_sac_update(actor, q1, q2, q1_t, q2_t, log_alpha, optims, batch, args):
         next_q = torch.min(q1_t(x), q2_t(x)).squeeze(-1) - alpha * next_log_prob
         target_q = rew + args.gamma * (1.0 - terminated) * next_q
     x = torch.cat([obs, act], -1)
-    qf_loss = ((q1(x).squeeze(-1) - target_q) ** 2).mean() + ((q2(x).squeeze(-1) - target_q) ** 2).mean()
+    qf1_loss, qf2_loss = ((q1(x).squeeze(-1) - target_q) ** 2).mean(), ((q2(x).squeeze(-1) - target_q) ** 2).mean()
+    qf_loss = qf1_loss + qf2_loss
     optims["q"].zero_grad()
     qf_loss.backward()
     optims["q"].step()
@@ -610,7 +611,7 @@ def plain_sac_update(actor, q1, q2, q1_t, q2_t, log_alpha, optims, batch, args):
         for net, target in ((q1, q1_t), (q2, q2_t)):
             for p, p_t in zip(net.parameters(), target.parameters()):
                 p_t.mul_(1 - args.tau).add_(args.tau * p)
-    return dict(qf_loss=qf_loss, actor_loss=actor_loss, alpha_loss=alpha_loss)
+    return dict(qf_loss=qf_loss / 2, qf1_loss=qf1_loss, qf2_loss=qf2_loss, actor_loss=actor_loss, alpha_loss=alpha_loss)
 
 
 def test_optimised_update_matches_plain_sac():
@@ -864,8 +865,13 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         "charts/SPS",
         "charts/eval_return",
         "losses/qf_loss",
+        "losses/qf1_loss",
+        "losses/qf2_loss",
+        "losses/qf1_values",
+        "losses/qf2_values",
         "losses/actor_loss",
         "losses/alpha",
+        "model/interval",
         "model/holdout_mse_phase1",
         "model/shift_after",
         "model/finetune_steps_kept",
@@ -875,6 +881,8 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
     actor.load_state_dict(saved["actor"])
     assert set(saved) >= {"actor", "qf", "ensemble", "args"}
+    returns = usbpo.main(["--evaluate", os.path.join(run_dir, "model.pt"), "--eval-episodes", "3"])  # the entry point
+    assert len(returns) == 3 and all(1 <= r <= 1000 for r in returns)
 
 
 @pytest.mark.parametrize(
@@ -896,6 +904,14 @@ def test_end_to_end_run_writes_every_output(tmp_path):
 )
 def test_bad_input_gives_one_line_error(argv, message):
     assert_one_line_error(argv, message)
+
+
+def test_help_shows_presets_and_cleanrl_flags_parse():
+    text = subprocess.run(usbpo_command(["--help"]), capture_output=True, text=True, timeout=120).stdout
+    assert "(default: None)" not in text and "(preset: 20 for Hopper, Walker2d" in " ".join(text.split())
+    assert usbpo.parse_args(["--torch-deterministic", "false"])[0].torch_deterministic is False
+    assert usbpo.parse_args(["--torch-deterministic"])[0].torch_deterministic is True
+    assert_one_line_error(["--evaluate", "nowhere/model.pt"], "no saved model at nowhere/model.pt")
 
 
 def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):

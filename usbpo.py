@@ -62,6 +62,12 @@ PRESETS = {
     "InvertedDoublePendulum": (20,  250, 1, (1, 15, 1, 1),    -0.5,   15_000, {"epoch_length": 250, "learning_starts": 500}),
 }
 # fmt: on
+def preset(family):
+    """The preset values of one environment family, by flag name."""
+    *values, extra = PRESETS[family]
+    return {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
+
+
 COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
 # MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}
@@ -87,24 +93,47 @@ FRACTION = flag_type(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_FRACTION = flag_type(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, and for a flag with a per-environment preset, the preset of each environment."""
+
+    def _get_help_string(self, action):
+        values = {family: preset(family).get(action.dest) for family in PRESETS}
+        if action.default is not None or not any(v is not None for v in values.values()):
+            return super()._get_help_string(action) if action.default is not None else action.help
+        by_value = {}
+        for family, value in values.items():
+            by_value.setdefault(
+                "none" if value is None else str(list(value) if isinstance(value, tuple) else value), []
+            ).append(family)
+        return f"{action.help} (preset: " + "; ".join(f"{v} for {', '.join(f)}" for v, f in by_value.items()) + ")"
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     a = p.add_argument
-    a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5 (see PRESETS)")
+    a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5; its preset fills the flags left out")
     a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
     a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    a(
+        "--torch-deterministic",
+        type=lambda x: x.lower() in ("1", "true", "yes", "y", "t", "on"),
+        nargs="?",
+        const=True,
+        default=True,
+        help="torch.backends.cudnn.deterministic (CleanRL's flag)",
+    )
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
-    a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run [preset]")
-    a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training [preset]")
-    a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule [preset]")
+    a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
+    a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training")
+    a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule")
     a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes at the end of each epoch")
     # dynamics ensemble (phase 1)
-    a("--model-train-freq", type=POSITIVE_INT, help="env steps between two model trainings [preset]")
+    a("--model-train-freq", type=POSITIVE_INT, help="env steps between two model trainings")
     a("--ensemble-size", type=POSITIVE_INT, default=7, help="members of the dynamics ensemble")
     a("--num-elites", type=POSITIVE_INT, default=5, help="members used in rollouts (lowest holdout MSE)")
-    a("--model-hidden", type=POSITIVE_INT, help="units in each of the 4 hidden layers of a member [preset]")
+    a("--model-hidden", type=POSITIVE_INT, help="units in each of the 4 hidden layers of a member")
     a("--model-lr", type=POSITIVE, default=1e-3, help="Adam learning rate of the maximum-likelihood training")
     a("--model-batch-size", type=POSITIVE_INT, default=256, help="minibatch per member in the maximum-likelihood training")
     a("--holdout-ratio", type=OPEN_FRACTION, default=0.2, help="fraction of the real data held out for early stopping")
@@ -122,8 +151,8 @@ def build_parser():
     a("--finetune-patience", type=POSITIVE_INT, default=10, help="stop after this many steps without validation improvement")
     # CMLO (Ji et al. 2022), the seed's fixed-threshold baseline: retrain the model when an event trigger fires
     a("--cmlo", action="store_true", help="CMLO mode: event-triggered model updates, no fine-tune (threshold: preset)")
-    a("--cmlo-threshold", type=POSITIVE, help="CMLO's alpha; implies --cmlo [preset: Walker2d 3, Hopper 1.2, ...]")
-    a("--cmlo-check-every", type=POSITIVE_INT, help="CMLO's C: env steps between two convex-hull volumes [preset]")
+    a("--cmlo-threshold", type=POSITIVE, help="CMLO's alpha; implies --cmlo")
+    a("--cmlo-check-every", type=POSITIVE_INT, help="CMLO's C: env steps between two convex-hull volumes")
     # rollouts
     a("--rollout-batch-size", type=POSITIVE_INT, default=100_000, help="real start states per model rollout phase")
     a(
@@ -131,17 +160,17 @@ def build_parser():
         type=COUNT,
         nargs=4,
         metavar=("E0", "E1", "K0", "K1"),
-        help="k: K0 at epoch E0 to K1 at E1 [preset]",
+        help="rollout length k: K0 up to epoch E0, K1 from epoch E1, linear in between",
     )
-    a("--retain-epochs", type=POSITIVE_INT, help="epochs of rollouts the model buffer keeps [preset]")
+    a("--retain-epochs", type=POSITIVE_INT, help="epochs of rollouts the model buffer keeps")
     a("--real-ratio", type=FRACTION, default=0.05, help="fraction of each SAC batch drawn from real data")
     # SAC
-    a("--updates-per-step", type=COUNT, help="SAC updates per environment step [preset]")
+    a("--updates-per-step", type=COUNT, help="SAC updates per environment step")
     a("--batch-size", type=POSITIVE_INT, default=256, help="SAC minibatch")
     a("--gamma", type=FRACTION, default=0.99, help="discount")
     a("--tau", type=FRACTION, default=5e-3, help="target network smoothing")
     a("--lr", type=POSITIVE, default=3e-4, help="Adam learning rate of actor, critics and temperature")
-    a("--target-entropy", type=float, help="entropy target of the automatic temperature [preset]")
+    a("--target-entropy", type=float, help="entropy target of the automatic temperature")
     a("--compile", action="store_true", help="torch.compile the SAC update (pays off on GPU; on CPU the matmuls dominate)")
     # run management
     a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
@@ -149,6 +178,7 @@ def build_parser():
     a("--resume", default=None, help="run folder whose checkpoint.pt to continue from")
     a("--runs-dir", default="runs", help="where run folders are created")
     a("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    a("--evaluate", metavar="MODEL_PT", help="run --eval-episodes deterministic episodes of a saved policy, and exit")
     return p
 
 
@@ -179,14 +209,13 @@ def parse_args(argv=None):
     checkpoint to continue from (None for a new run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume:
-        return resume_args(parser, argv, args.resume)
+    if args.resume or args.evaluate:
+        return resume_args(parser, argv, args.resume) if args.resume else (args, None)
     args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-    *values, extra = PRESETS[env_family(args.env_id)]
-    if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in extra:
+    defaults = preset(env_family(args.env_id))
+    if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
         fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
-    preset = {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
-    for key, value in preset.items():
+    for key, value in defaults.items():
         if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
             setattr(args, key, value)
     args.rollout_schedule = tuple(args.rollout_schedule)
@@ -240,6 +269,16 @@ def check_args(args):
     e0, e1, k0, k1 = args.rollout_schedule
     if min(k0, k1) < 1 or e1 < e0:
         fail(f"--rollout-schedule needs E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
+
+
+def seed_and_threads(args):
+    """Seed Python, NumPy and torch, set torch's CPU threads and cuDNN's determinism (CleanRL's flag); the device."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    return torch.device(args.device)
 
 
 def resolve_device(name):
@@ -785,9 +824,10 @@ class SAC(nn.Module):
             next_act, next_log_prob = self.actor(next_obs)
             next_q = self.qf_target(next_obs, next_act).min(0).values - alpha * next_log_prob
             target_q = rew + self.gamma * (1.0 - terminated) * next_q  # only a real termination cuts the bootstrap
-        qf_loss = (self.qf(obs, act) - target_q).square().mean(1).sum()
+        q = self.qf(obs, act)
+        critic_losses = (q - target_q).square().mean(1)  # [2]: one per critic
         self.qf_optim.zero_grad(set_to_none=True)
-        qf_loss.backward()
+        critic_losses.sum().backward()
         self.qf_optim.step()
 
         new_act, log_prob = self.actor(obs)
@@ -803,7 +843,10 @@ class SAC(nn.Module):
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.qf_target.parameters()), list(self.qf.parameters()), self.tau)
-        return dict(qf_loss=qf_loss.detach(), actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(), alpha=alpha)
+        qf1_loss, qf2_loss = critic_losses.detach()
+        losses = dict(qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=(qf1_loss + qf2_loss) / 2, alpha=alpha)  # CleanRL's keys
+        q1, q2 = q.detach().mean(1)
+        return dict(losses, qf1_values=q1, qf2_values=q2, actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach())
 
 
 # ======================================================================================
@@ -935,7 +978,7 @@ def sample_batches(real_buffer, model_buffer, n_updates, batch_size, real_ratio)
 
 @torch.no_grad()
 def evaluate(actor, env, n_episodes, device):
-    """Mean return of the deterministic policy over n_episodes."""
+    """Returns of the deterministic policy over n_episodes."""
     returns = []
     for _ in range(n_episodes):
         obs, _ = env.reset()
@@ -946,7 +989,22 @@ def evaluate(actor, env, n_episodes, device):
             total += rew
             done = terminated or truncated
         returns.append(total)
-    return float(np.mean(returns))
+    return returns
+
+
+def evaluate_saved(path, episodes):
+    """--evaluate: a saved policy's deterministic returns, on the env (and observation) it was trained on."""
+    if not os.path.isfile(path):
+        fail(f"no saved model at {path}; --save-model writes <run folder>/model.pt at the end of a run")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    args = argparse.Namespace(**saved["args"])
+    env = make_env(args.env_id, args.seed + 20_000)
+    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
+    actor.load_state_dict(saved["actor"])
+    env.reset(seed=args.seed + 20_000)
+    returns = evaluate(actor, env, episodes, torch.device("cpu"))
+    print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
+    return returns
 
 
 def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None):
@@ -988,11 +1046,9 @@ def main(argv=None):
     """MBPO's loop with USB-PO's model update: act, store, (every model_train_freq steps) update the model and roll it
     out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
     args, checkpoint = parse_args(argv)
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    if args.evaluate:
+        return evaluate_saved(args.evaluate, args.eval_episodes)
+    device = seed_and_threads(args)
     env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     termination_fn = get_termination_fn(args.env_id)
@@ -1004,8 +1060,9 @@ def main(argv=None):
     authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
-    k0 = rollout_length(0, args.rollout_schedule)
-    model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
+    model_buffer = ReplayBuffer(
+        model_buffer_capacity(args, rollout_length(0, args.rollout_schedule)), obs_dim, act_dim, device
+    )
     sac_update = torch.compile(agent.update) if args.compile else agent.update
 
     start_step = checkpoint["global_step"] + 1 if checkpoint else 1
@@ -1013,9 +1070,9 @@ def main(argv=None):
     parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log)
     obs, _ = env.reset(seed=args.seed + start_step)
     eval_env.reset(seed=args.seed + 10_000)
-    model_stats, losses = {}, {}
+    model_stats = {}
     if checkpoint:
-        obs, model_stats, losses = restore_checkpoint(checkpoint, parts)
+        obs, model_stats = restore_checkpoint(checkpoint, parts)
         real_buffer.resize(args.total_timesteps)  # --total-timesteps may have extended the run
     with SafeStop(log.run_dir, start_step - 1 if checkpoint else None) as stop:
         for global_step in range(start_step, args.total_timesteps + 1):
@@ -1055,15 +1112,15 @@ def main(argv=None):
                     for rows in batches:
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
+                    if global_step % 100 == 0:  # CleanRL's logging interval
+                        log.losses(global_step, losses)
             log.step()
 
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
             if global_step % args.epoch_length == 0:
-                log.epoch(
-                    global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats, losses
-                )
+                log.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
             if args.checkpoint_every and (stop.signal or checkpoint_due(args, global_step)):
-                save_checkpoint(log.run_dir, parts, vars(args), global_step, obs, model_stats, losses)
+                save_checkpoint(log.run_dir, parts, vars(args), global_step, obs, model_stats)
                 stop.checkpoint_step = global_step
             if stop.signal:
                 stop.exit()
@@ -1071,6 +1128,7 @@ def main(argv=None):
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
         torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{log.run_dir}/model.pt")
+        print(f"saved the policy, critics and ensemble to {log.run_dir}/model.pt; evaluate it with --evaluate")
     env.close(), eval_env.close()
     return log.run_dir
 
@@ -1153,10 +1211,14 @@ class Logger:
         for key, value in stats.items():
             self.writer.add_scalar(f"model/{key}", value, step)
 
-    def epoch(self, step, evaluate, model_stats, losses):
-        """Evaluate (not counted in SPS), write the epoch's row, the console line and the losses."""
+    def losses(self, step, losses):
+        for key, value in losses.items():
+            self.writer.add_scalar(f"losses/{key}", value.item(), step)
+
+    def epoch(self, step, evaluate, model_stats):
+        """Evaluate (not counted in SPS), write the epoch's row and the console line."""
         now = time.time()
-        sps, eval_return = self.epoch_length / (now - self.epoch_start), evaluate()
+        sps, eval_return = self.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
         self.epoch_start = time.time()
         train_return = np.mean(self.train_returns) if self.train_returns else np.nan
         row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
@@ -1167,8 +1229,6 @@ class Logger:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
         self.writer.add_scalar("charts/eval_return", eval_return, step)
         self.writer.add_scalar("charts/SPS", sps, step)
-        for key, value in losses.items():
-            self.writer.add_scalar(f"losses/{key}", value.item(), step)
         line = (
             f"step {step:>7d}  eval {eval_return:8.1f}  train {row['train_return']:8.1f}  sps {sps:6.1f}  "
             f"k {model_stats.get('rollout_length', '-')}  ft {model_stats.get('finetune_steps_kept', '-')}  "
@@ -1242,11 +1302,11 @@ def checkpoint_due(args, step):
     )
 
 
-def save_checkpoint(run_dir, parts, args, global_step, obs, model_stats, losses):
+def save_checkpoint(run_dir, parts, args, global_step, obs, model_stats):
     """Write every part and the loop's own state to run_dir/checkpoint.pt, atomically: a kill during the write never
     corrupts the last checkpoint."""
     path, state = os.path.join(run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in parts.items()}
-    loop = dict(args=args, global_step=global_step, obs=obs, model_stats=model_stats, losses=losses)
+    loop = dict(args=args, global_step=global_step, obs=obs, model_stats=model_stats)
     torch.save({**state, **loop}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -1262,10 +1322,10 @@ def load_checkpoint(run_dir):
 
 
 def restore_checkpoint(checkpoint, parts):
-    """Restore every part (on envs that have been reset once); returns the loop's observation, model stats, losses."""
+    """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
     for name, (_, restore) in parts.items():
         restore(checkpoint[name])
-    return checkpoint["obs"], checkpoint["model_stats"], checkpoint["losses"]
+    return checkpoint["obs"], checkpoint["model_stats"]
 
 
 def resume_command(run_dir):
