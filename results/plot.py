@@ -136,9 +136,10 @@ def diagnostics(env, runs):
     )
     print(
         "| variant | seed | trainings | kept > 0 steps | steps kept | shift after/before | bias after/before "
-        "| holdout MSE after/before | holdout NLL after - before (nats/dim) | rollout-model MSE, last 5 evals | MBPO's |"
+        "| holdout MSE after/before | MSE raised | holdout NLL after - before (nats/dim) | rollout-model MSE, last 5 evals "
+        "| MBPO's |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     med = lambda x: f"{np.median(x):.2f}" if len(x) else "-"  # noqa: E731
     span = lambda x: f"{np.min(x):.3g}-{np.max(x):.3g}"  # noqa: E731
     mbpo = runs.get("mbpo", {})
@@ -153,6 +154,7 @@ def diagnostics(env, runs):
                 f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
                 f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
                 f"| {med(run['holdout_mse_phase2'][kept] / run['holdout_mse_phase1'][kept])} "
+                f"| {(run['holdout_mse_phase2'][kept] > run['holdout_mse_phase1'][kept]).sum()} of {kept.sum()} "
                 f"| {med(run['holdout_nll_phase2'][kept] - run['holdout_nll_phase1'][kept])} "
                 f"| {span(run['holdout_mse_phase2'][-5:])} | {theirs} |"
             )
