@@ -62,16 +62,16 @@ PRESETS = {
     "InvertedDoublePendulum": (20,  250, 1, (1, 15, 1, 1),    -0.5,   15_000, {"epoch_length": 250, "learning_starts": 500}),
 }
 # fmt: on
-def preset(family):
-    """The preset values of one environment family, by flag name."""
-    *values, extra = PRESETS[family]
-    return {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
-
-
 COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
 # MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}
 SUPPORTED_VERSIONS = ("v4", "v5")
+
+
+def preset(family):
+    """The preset values of one environment family, by flag name."""
+    *values, extra = PRESETS[family]
+    return {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
 
 
 def flag_type(kind, ok, words):
@@ -241,9 +241,9 @@ def resume_args(parser, argv, run_dir):
     given = vars(parser.parse_args(argv))
     for key, value in given.items():
         value = resolve_device(value) if key == "device" else tuple(value) if isinstance(value, list) else value
-        if key not in ("resume", "total_timesteps", "no_progress") and value != saved[key]:
+        if key not in ("resume", "total_timesteps", "no_progress") and value != saved.get(key):
             only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
-            fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]}: {only}")
+            fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}: {only}")
     args = argparse.Namespace(**{**saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
     if args.total_timesteps < checkpoint["global_step"]:
         fail(f"--total-timesteps {args.total_timesteps} is below the {checkpoint['global_step']} steps the run has made")
