@@ -182,6 +182,10 @@ def build_parser():
     return p
 
 
+def print_nothing(text):
+    """The default progress report of the model phases (the run's Logger.phase shows them)."""
+
+
 def fail(message):
     """End the program with one line that says what to do, and a non-zero exit code."""
     raise SystemExit(f"usbpo: error: {message}")
@@ -535,7 +539,7 @@ def model_data(buffer, rows):
     return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
 
 
-def train_ensemble(model, optimizer, inputs, targets, args):
+def train_ensemble(model, optimizer, inputs, targets, args, progress=print_nothing):
     """Phase 1: maximum-likelihood training with holdout early stopping (MBPO's recipe).
 
     Each member sees its own bootstrap of the training split, reshuffled every epoch. A member's
@@ -566,6 +570,7 @@ def train_ensemble(model, optimizer, inputs, targets, args):
             optimizer.step()
         epoch += 1
         mse = model.mse(inputs[holdout], targets[holdout])
+        progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
         if improved.any():  # snapshot the improved members only
@@ -700,7 +705,7 @@ def authors_finetune_state(args, model):
     return argparse.Namespace(p=p, q=q, optimizer=torch.optim.Adam(model.parameters(), lr=args.finetune_lr))
 
 
-def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None):
+def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=print_nothing):
     """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set.
 
     The phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome.
@@ -742,6 +747,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         loss.backward()
         optimizer.step()
         val_loss = validate()[0]
+        progress(f"phase 2 (fine-tune): step {step}/{args.finetune_steps}, objective {val_loss:.4g}")
         if not math.isfinite(val_loss):
             raise NonFinite("phase 2 (fine-tune)")
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
@@ -1007,12 +1013,12 @@ def evaluate_saved(path, episodes):
     return returns
 
 
-def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None):
+def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None, progress=print_nothing):
     """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
     this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
     inputs, targets = model_data(real_buffer, real_buffer.data[: real_buffer.size])
-    holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args)
+    holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
     holdout_x, holdout_y = inputs[holdout], targets[holdout]
     stats = dict(
         model_epochs=model_epochs,
@@ -1025,7 +1031,7 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
         else:  # their validation batch: exactly B rows, drawn with replacement (bnn.py l. 452)
             val_inputs = holdout_x[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
         model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
-        stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors))
+        stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors, progress))
         mse = model.mse(holdout_x, holdout_y)
         pick_elites(model, mse)
     stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
@@ -1095,7 +1101,7 @@ def main(argv=None):
             if global_step >= args.learning_starts:
                 # --- phase 1, phase 2 every model_train_freq steps (CMLO: at learning starts, then when its trigger fires)
                 if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
-                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors)
+                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors, log.phase)
                     model_stats.update(dict(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar) if cmlo else {})
                     log.model(global_step, model_stats, trained=True)
                 # --- fresh model rollouts from real states, on MBPO's schedule (CMLO too, trained or not)
@@ -1114,7 +1120,7 @@ def main(argv=None):
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
                         log.losses(global_step, losses)
-            log.step()
+            log.step(global_step)
 
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
             if global_step % args.epoch_length == 0:
@@ -1181,7 +1187,10 @@ class Logger:
             out.writeheader()
             out.writerows(rows)
         quiet = args.no_progress or not sys.stderr.isatty()
-        self.bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True, disable=quiet)
+        no_eta = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, random actions: no ETA yet{postfix}]"
+        self.bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True, disable=quiet,
+                        smoothing=0, bar_format=no_eta if start_step <= args.learning_starts else None)  # fmt: skip
+        self.learning_starts, self.last_print = args.learning_starts, time.time()
         self.start_time = self.epoch_start = time.time()
 
     def state_dict(self):  # wall_time counts the run's own time, across resumes
@@ -1195,8 +1204,18 @@ class Logger:
         self.epoch_start = now - state["epoch_seconds"]
         self.trainings, self.last_training, self.interval = state["trainings"]
 
-    def step(self):
+    def step(self, step):
         self.bar.update(1)
+        if step == self.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
+            self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
+
+    def phase(self, text):
+        """A model phase in progress: on the bar, or (without one) a console line at most every 30 s."""
+        if not self.bar.disable:
+            self.bar.set_postfix_str(f"model {text}")
+        elif time.time() - self.last_print > 30:
+            print(f"  ... model {text}", flush=True)
+            self.last_print = time.time()
 
     def episode(self, step, stats):
         self.train_returns.append(float(stats["r"]))
@@ -1237,6 +1256,7 @@ class Logger:
         self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
         if self.bar.disable:
             print(line, flush=True)
+            self.last_print = time.time()
         else:
             self.bar.write(line)
 
