@@ -914,6 +914,19 @@ def test_help_shows_presets_and_cleanrl_flags_parse():
     assert_one_line_error(["--evaluate", "nowhere/model.pt"], "no saved model at nowhere/model.pt")
 
 
+def test_track_sends_the_run_to_weights_and_biases_offline(tmp_path):
+    """--track for real, in W&B's offline mode (no network): the W&B run holds the config and the TensorBoard scalars."""
+    pytest.importorskip("wandb")
+    argv = tiny_args_argv("--track", "--wandb-project-name", "usbpo-test", "--runs-dir", str(tmp_path))
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = subprocess.run(usbpo_command(argv), capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = glob.glob(str(tmp_path / "*"))
+    (wandb_file,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    data = open(wandb_file, "rb").read()
+    assert os.path.getsize(wandb_file) > 1000 and b"finetune_objective" in data and b"charts/eval_return" in data
+
+
 def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "no checkpoint at")
     (tmp_path / "checkpoint.pt").write_bytes(b"cut off by a full disk")

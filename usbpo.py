@@ -178,6 +178,9 @@ def build_parser():
     a("--resume", default=None, help="run folder whose checkpoint.pt to continue from")
     a("--runs-dir", default="runs", help="where run folders are created")
     a("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    a("--track", action="store_true", help="send the run to Weights & Biases (pip install wandb), as CleanRL does")
+    a("--wandb-project-name", default="usbpo", help="W&B project of --track")
+    a("--wandb-entity", default=None, help="W&B team or user of --track (default: yours)")
     a("--evaluate", metavar="MODEL_PT", help="run --eval-episodes deterministic episodes of a saved policy, and exit")
     return p
 
@@ -1164,9 +1167,17 @@ class Logger:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
+        config, self.track = {**vars(args), **extra_config}, args.track
+        if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
+            try:
+                import wandb
+            except ImportError:
+                fail("--track sends the run to Weights & Biases, which is not installed: pip install wandb")
+            name = os.path.basename(os.path.normpath(self.run_dir))
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name.replace(".", "_"),
+                       resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)  # fmt: skip
         self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
-        config = {**vars(args), **extra_config}
         print("usbpo config: " + json.dumps(config))
         every = (
             f"checkpoints every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "no checkpoints"
@@ -1263,6 +1274,10 @@ class Logger:
     def close(self):
         self.bar.close()
         self.writer.close()
+        if self.track:
+            import wandb
+
+            wandb.finish()
 
 
 def env_generators(env, eval_env):
