@@ -181,6 +181,7 @@ def build_parser():
     a("--track", action="store_true", help="send the run to Weights & Biases (pip install wandb), as CleanRL does")
     a("--wandb-project-name", default="usbpo", help="W&B project of --track")
     a("--wandb-entity", default=None, help="W&B team or user of --track (default: yours)")
+    a("--capture-video", action="store_true", help="videos of evaluation episodes in the run folder (MUJOCO_GL=egl headless)")
     a("--evaluate", metavar="MODEL_PT", help="run --eval-episodes deterministic episodes of a saved policy, and exit")
     return p
 
@@ -308,15 +309,15 @@ def resolve_device(name):
 # ======================================================================================
 
 
-def make_env(env_id, seed):
-    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics."""
+def make_env(env_id, seed, render=False):
+    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics (rendering frames if render)."""
     import gymnasium as gym
 
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         try:
-            env = gym.make(env_id)
+            env = gym.make(env_id, render_mode="rgb_array" if render else None)
         except gym.error.Error as e:  # MuJoCo missing, among others
             fail(f"could not make '{env_id}' ({e}); pip install -r requirements.txt")
     if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
@@ -326,6 +327,21 @@ def make_env(env_id, seed):
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
+
+
+def record_video(env, folder, every_episode=False):
+    """Videos of the episodes of a rendering env (gymnasium's RecordVideo, MP4 through moviepy): every episode, or,
+    as CleanRL, episodes 0, 1, 8, 27, ..., 1000 and every 1000th. Headless machines render with MUJOCO_GL=egl."""
+    import gymnasium as gym
+
+    try:
+        env.render()  # fail now, not at the first evaluation
+    except Exception as e:  # no display, no EGL/OSMesa: MuJoCo's GL backends raise various errors
+        fail(f"MuJoCo cannot render here ({type(e).__name__}: {e}); on a headless machine set MUJOCO_GL=egl (or osmesa)")
+    try:
+        return gym.wrappers.RecordVideo(env, folder, (lambda i: True) if every_episode else None, disable_logger=True)
+    except gym.error.DependencyNotInstalled as e:
+        fail(f"--capture-video needs moviepy ({e}): pip install moviepy")
 
 
 def _hopper(obs, act, next_obs):
@@ -1001,17 +1017,20 @@ def evaluate(actor, env, n_episodes, device):
     return returns
 
 
-def evaluate_saved(path, episodes):
+def evaluate_saved(path, episodes, capture_video=False):
     """--evaluate: a saved policy's deterministic returns, on the env (and observation) it was trained on."""
     if not os.path.isfile(path):
         fail(f"no saved model at {path}; --save-model writes <run folder>/model.pt at the end of a run")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     args = argparse.Namespace(**saved["args"])
-    env = make_env(args.env_id, args.seed + 20_000)
+    env = make_env(args.env_id, args.seed + 20_000, capture_video)
+    env.reset(seed=args.seed + 20_000)  # before the video wrapper: its episodes are the evaluation's
+    if capture_video:
+        env = record_video(env, os.path.join(os.path.dirname(path), "videos-evaluate"), every_episode=True)
     actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
     actor.load_state_dict(saved["actor"])
-    env.reset(seed=args.seed + 20_000)
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
+    env.close()  # writes the last video
     print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
     return returns
 
@@ -1056,9 +1075,10 @@ def main(argv=None):
     out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
     args, checkpoint = parse_args(argv)
     if args.evaluate:
-        return evaluate_saved(args.evaluate, args.eval_episodes)
+        return evaluate_saved(args.evaluate, args.eval_episodes, args.capture_video)
     device = seed_and_threads(args)
-    env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000)
+    env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000, args.capture_video)
+    eval_env.reset(seed=args.seed + 10_000)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     termination_fn = get_termination_fn(args.env_id)
 
@@ -1076,13 +1096,12 @@ def main(argv=None):
 
     start_step = checkpoint["global_step"] + 1 if checkpoint else 1
     log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step)
+    eval_env = record_video(eval_env, f"{log.run_dir}/videos") if args.capture_video else eval_env
     parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log)
     obs, _ = env.reset(seed=args.seed + start_step)
-    eval_env.reset(seed=args.seed + 10_000)
     model_stats = {}
     if checkpoint:
         obs, model_stats = restore_checkpoint(checkpoint, parts)
-        real_buffer.resize(args.total_timesteps)  # --total-timesteps may have extended the run
     with SafeStop(log.run_dir, start_step - 1 if checkpoint else None) as stop:
         for global_step in range(start_step, args.total_timesteps + 1):
             stop.step = global_step
@@ -1326,6 +1345,11 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
     if cmlo is not None:
         stateful["cmlo"] = cmlo
     parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
+    # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
+    parts["real_buffer"] = (
+        real_buffer.state_dict,
+        lambda s: real_buffer.load_state_dict({**s, "capacity": real_buffer.capacity}),
+    )
     parts["env_and_rng"] = (lambda: env_and_rng_state(env, eval_env), lambda s: restore_env_and_rng_state(env, eval_env, s))
     return parts
 
