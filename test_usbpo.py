@@ -1056,18 +1056,22 @@ def test_failed_start_gives_one_line_and_leaves_no_run_folder(tmp_path):
         assert_one_line_error(["--env-id", "InvertedPendulum-v4", "--runs-dir", str(where)], "cannot create the run folder")
 
 
-@pytest.mark.parametrize("phase", ["SAC update", "model rollout", "phase 2 (fine-tune)"])
+@pytest.mark.parametrize("phase", ["SAC update", "model rollout", "phase 2 (fine-tune)", "phase 1 (maximum likelihood)"])
 def test_non_finite_values_stop_the_run_before_a_checkpoint(tmp_path, monkeypatch, phase):
     """A NaN injected after the first checkpoint stops the run with one line naming the phase and the step; the
     checkpoint on disk is still the last good one."""
     calls, target = [], {"SAC update": (usbpo.SAC, "update"), "model rollout": (usbpo.GaussianEnsemble, "step"),
-                         "phase 2 (fine-tune)": (usbpo, "usb_objective")}[phase]  # fmt: skip
+                         "phase 2 (fine-tune)": (usbpo, "usb_objective"),
+                         "phase 1 (maximum likelihood)": (usbpo.GaussianEnsemble, "loss")}[phase]  # fmt: skip
     real = getattr(*target)
 
     def poisoned(*a, **kw):
         out = real(*a, **kw)
         calls.append(1)
-        if len(calls) > {"SAC update": 100, "model rollout": 1, "phase 2 (fine-tune)": 5}[phase]:
+        first_bad = {"SAC update": 100, "model rollout": 1, "phase 2 (fine-tune)": 5, "phase 1 (maximum likelihood)": 6}
+        if len(calls) > first_bad[phase] and isinstance(out, torch.Tensor):  # phase 1: the loss of a batch
+            return out * math.nan
+        if len(calls) > first_bad[phase]:
             out = (
                 type(out)({k: v * math.nan for k, v in out.items()})
                 if isinstance(out, dict)
