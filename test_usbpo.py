@@ -953,6 +953,8 @@ def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "no checkpoint at")
     (tmp_path / "checkpoint.pt").write_bytes(b"cut off by a full disk")
     assert_one_line_error(["--resume", str(tmp_path)], "could not read")
+    torch.save({"args": {}, "global_step": 5}, tmp_path / "checkpoint.pt")  # what an older usbpo.py wrote
+    assert_one_line_error(["--resume", str(tmp_path)], "written by an older usbpo.py")
 
 
 def usbpo_command(argv):

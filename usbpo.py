@@ -243,6 +243,8 @@ def resume_args(parser, argv, run_dir):
     budget only sizes the real buffer, which never wraps, so the run goes on as one started with N steps would).
     Any other flag given must agree with the saved one; --no-progress may change."""
     checkpoint = load_checkpoint(run_dir)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:  # no compatibility branches: no release has been made
+        fail(f"{run_dir}/checkpoint.pt was written by an older usbpo.py, which this one cannot continue; start the run again")
     saved = checkpoint["args"]
     for action in parser._actions:  # parse again, keeping only the flags actually given
         action.default = argparse.SUPPRESS
@@ -252,7 +254,8 @@ def resume_args(parser, argv, run_dir):
         if key not in ("resume", "total_timesteps", "no_progress") and value != saved.get(key):
             only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
             fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}: {only}")
-    args = argparse.Namespace(**{**saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
+    defaults = vars(build_parser().parse_args([]))  # flags newer than the checkpoint: their defaults
+    args = argparse.Namespace(**{**defaults, **saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
     if args.total_timesteps < checkpoint["global_step"]:
         fail(f"--total-timesteps {args.total_timesteps} is below the {checkpoint['global_step']} steps the run has made")
     if args.total_timesteps == checkpoint["global_step"]:  # not an error: a script may resume whatever it finds
@@ -1354,6 +1357,9 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
     return parts
 
 
+CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
+
+
 def checkpoint_due(args, step):
     """At the end of every checkpoint_every-th epoch, and at the end of the run (so that it can be extended)."""
     return step % args.epoch_length == 0 and (
@@ -1365,7 +1371,7 @@ def save_checkpoint(run_dir, parts, args, global_step, obs, model_stats):
     """Write every part and the loop's own state to run_dir/checkpoint.pt, atomically: a kill during the write never
     corrupts the last checkpoint."""
     path, state = os.path.join(run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in parts.items()}
-    loop = dict(args=args, global_step=global_step, obs=obs, model_stats=model_stats)
+    loop = dict(format=CHECKPOINT_FORMAT, args=args, global_step=global_step, obs=obs, model_stats=model_stats)
     torch.save({**state, **loop}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
