@@ -378,10 +378,10 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
         calls.append((p.clone(), q.clone(), len(x)))
         return real_objective(model, m1_layers, x, shift_coef, bias_coef, p, q)
 
-    def finetune(model, prev_model, train_inputs, val_inputs, args, authors=None):
+    def finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=usbpo.print_nothing):
         state = authors.optimizer.state.get(model.max_logvar, {})
         adam_steps.append(int(state["step"]) if state else 0)
-        return real_finetune(model, prev_model, train_inputs, val_inputs, args, authors)
+        return real_finetune(model, prev_model, train_inputs, val_inputs, args, authors, progress)
 
     monkeypatch.setattr(usbpo, "authors_objective", objective)
     monkeypatch.setattr(usbpo, "usb_finetune", finetune)
