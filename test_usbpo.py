@@ -707,33 +707,11 @@ def kill_at_evaluation(monkeypatch, n):
 
 def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     """HalfCheetah is truncated at 1000 steps and never terminated: the stored flags must all be 0."""
-    argv = [
-        "--env-id",
-        "HalfCheetah-v4",
-        "--total-timesteps",
-        "1250",
-        "--learning-starts",
-        "1000",
-        "--epoch-length",
-        "250",
-        "--model-train-freq",
-        "250",
-        "--rollout-batch-size",
-        "200",
-        "--updates-per-step",
-        "1",
-        "--eval-episodes",
-        "1",
-        "--model-max-epochs",
-        "2",
-        "--finetune-steps",
-        "3",
-        "--checkpoint-every",
-        "1",
-        "--no-progress",
-        "--runs-dir",
-        str(tmp_path),
-    ]
+    argv = (
+        "--env-id HalfCheetah-v4 --total-timesteps 1250 --learning-starts 1000 --epoch-length 250 --model-train-freq 250 "
+        "--rollout-batch-size 200 --updates-per-step 1 --eval-episodes 1 --model-max-epochs 2 --finetune-steps 3 "
+        "--checkpoint-every 1 --no-progress"
+    ).split() + ["--runs-dir", str(tmp_path)]
     kill_at_evaluation(monkeypatch, 5)  # the evaluation of step 1250, after the checkpoint of step 1000
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv)
@@ -752,33 +730,11 @@ def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective):
     """A kill and --resume cost nothing but time: the same evaluations, model statistics and final weights as a
     run never stopped, with the checkpoint falling in the middle of an episode."""
-    argv = [
-        "--env-id",
-        "Hopper-v4",
-        "--total-timesteps",
-        "600",
-        "--learning-starts",
-        "200",
-        "--epoch-length",
-        "200",
-        "--model-train-freq",
-        "100",
-        "--rollout-batch-size",
-        "200",
-        "--updates-per-step",
-        "2",
-        "--eval-episodes",
-        "1",
-        "--model-max-epochs",
-        "2",
-        "--finetune-steps",
-        "3",
-        "--checkpoint-every",
-        "1",
-        "--no-progress",
-        "--finetune-objective",
-        objective,
-    ]
+    argv = (
+        "--env-id Hopper-v4 --total-timesteps 600 --learning-starts 200 --epoch-length 200 --model-train-freq 100 "
+        "--rollout-batch-size 200 --updates-per-step 2 --eval-episodes 1 --model-max-epochs 2 --finetune-steps 3 "
+        "--checkpoint-every 1 --no-progress --finetune-objective"
+    ).split() + [objective]
     whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
     kill_at_evaluation(monkeypatch, 3)  # the evaluation of step 600, after the checkpoint of step 400
     with pytest.raises(KeyboardInterrupt):
@@ -789,18 +745,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
     monkeypatch.undo()
     usbpo.main(["--resume", killed])
 
-    def load(run_dir):
-        with open(os.path.join(run_dir, "progress.csv")) as f:
-            rows = [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
-        return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
-
-    (rows_a, end_a), (rows_b, end_b) = load(whole), load(killed)
-    assert [int(r["env_steps"]) for r in rows_b] == [200, 400, 600] and rows_a == rows_b
-    assert end_a["global_step"] == end_b["global_step"] == 600
-    for key in ["agent", "model"]:
-        for name, tensor in end_a[key].items():
-            assert torch.equal(tensor, end_b[key][name]), (key, name)
-    assert torch.equal(end_a["real_buffer"]["rows"], end_b["real_buffer"]["rows"])
+    assert_same_run(whole, killed)  # CSV rows, final step, weights and real buffer
+    rows, end = final_state(killed)
+    assert [int(r["env_steps"]) for r in rows] == [200, 400, 600] and end["global_step"] == 600
     with open(os.path.join(killed, "progress.csv")) as f:
         last_two = list(csv.DictReader(f))[-2:]
     wall, sps = [float(r["wall_time"]) for r in last_two], float(last_two[1]["sps"])
