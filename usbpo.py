@@ -454,6 +454,10 @@ class ReplayBuffer:
         self.resize(state["capacity"])
         self.load(state["rows"].to(self.data.device), state["ptr"])
 
+    def sample(self, *shape):
+        """Rows drawn uniformly with replacement, in an array of the given shape: [*shape, row]."""
+        return self.data[torch.randint(self.size, shape, device=self.data.device)]
+
     def split(self, rows):
         """(obs, act, rew, next_obs, terminated) views of rows, rew and terminated without the last axis."""
         obs, act, rew, next_obs, term = rows.split(self.widths, dim=-1)
@@ -982,7 +986,7 @@ def hull_volume(real_buffer, n=1000, dims=3):
 
     if real_buffer.size <= dims:  # no volume yet
         return None
-    obs = real_buffer.split(real_buffer.data[torch.randint(real_buffer.size, (n,), device=real_buffer.data.device)])[0]
+    obs = real_buffer.split(real_buffer.sample(n))[0]
     centred = obs - obs.mean(0)
     axes = torch.linalg.svd(centred, full_matrices=False).Vh[:dims]
     return float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
@@ -996,10 +1000,9 @@ def hull_volume(real_buffer, n=1000, dims=3):
 def sample_batches(real_buffer, model_buffer, n_updates, batch_size, real_ratio):
     """All minibatches of one env step in one indexing op per buffer: [n_updates, batch, row]."""
     n_real = batch_size if model_buffer.size == 0 else int(batch_size * real_ratio)
-    device = real_buffer.data.device
-    rows = real_buffer.data[torch.randint(real_buffer.size, (n_updates, n_real), device=device)]
+    rows = real_buffer.sample(n_updates, n_real)
     if n_real < batch_size:
-        model_rows = model_buffer.data[torch.randint(model_buffer.size, (n_updates, batch_size - n_real), device=device)]
+        model_rows = model_buffer.sample(n_updates, batch_size - n_real)
         rows = torch.cat([rows, model_rows], dim=1)
     return rows
 
@@ -1068,7 +1071,7 @@ def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args
     """Refill the model buffer: rollout_batch_size real start states, k steps each (k from the schedule)."""
     k = rollout_length(epoch, args.rollout_schedule)
     model_buffer.resize(model_buffer_capacity(args, k))
-    start = real_buffer.data[torch.randint(real_buffer.size, (args.rollout_batch_size,), device=real_buffer.data.device)]
+    start = real_buffer.sample(args.rollout_batch_size)
     rollout(model, actor, termination_fn, real_buffer.split(start)[0], k, model_buffer)
     return dict(rollout_length=k, model_buffer_size=model_buffer.size)
 
