@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -91,6 +92,7 @@ POSITIVE_INT, COUNT = flag_type(int, lambda v: v > 0, "positive"), flag_type(int
 POSITIVE, NON_NEGATIVE = flag_type(float, lambda v: v > 0, "positive"), flag_type(float, lambda v: v >= 0, "zero or positive")
 FRACTION = flag_type(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_FRACTION = flag_type(float, lambda v: 0 < v < 1, "in (0, 1)")
+BOOLEAN = flag_type(lambda text: text.lower() in ("1", "true", "yes", "y", "t", "on"), lambda v: True, "")  # CleanRL's
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -98,13 +100,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         values = {family: preset(family).get(action.dest) for family in PRESETS}
-        if action.default is not None or not any(v is not None for v in values.values()):
+        if action.default is not None or all(v is None for v in values.values()):
             return super()._get_help_string(action) if action.default is not None else action.help
         by_value = {}
         for family, value in values.items():
-            by_value.setdefault(
-                "none" if value is None else str(list(value) if isinstance(value, tuple) else value), []
-            ).append(family)
+            by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
         return f"{action.help} (preset: " + "; ".join(f"{v} for {', '.join(f)}" for v, f in by_value.items()) + ")"
 
 
@@ -116,14 +116,7 @@ def build_parser():
     a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
     a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    a(
-        "--torch-deterministic",
-        type=lambda x: x.lower() in ("1", "true", "yes", "y", "t", "on"),
-        nargs="?",
-        const=True,
-        default=True,
-        help="torch.backends.cudnn.deterministic (CleanRL's flag)",
-    )
+    a("--torch-deterministic", type=BOOLEAN, nargs="?", const=True, default=True, help="torch.backends.cudnn.deterministic")
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
     a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training")
@@ -155,13 +148,8 @@ def build_parser():
     a("--cmlo-check-every", type=POSITIVE_INT, help="CMLO's C: env steps between two convex-hull volumes")
     # rollouts
     a("--rollout-batch-size", type=POSITIVE_INT, default=100_000, help="real start states per model rollout phase")
-    a(
-        "--rollout-schedule",
-        type=COUNT,
-        nargs=4,
-        metavar=("E0", "E1", "K0", "K1"),
-        help="rollout length k: K0 up to epoch E0, K1 from epoch E1, linear in between",
-    )
+    schedule = "rollout length k: K0 up to epoch E0, K1 from epoch E1, linear in between"
+    a("--rollout-schedule", type=COUNT, nargs=4, metavar=("E0", "E1", "K0", "K1"), help=schedule)
     a("--retain-epochs", type=POSITIVE_INT, help="epochs of rollouts the model buffer keeps")
     a("--real-ratio", type=FRACTION, default=0.05, help="fraction of each SAC batch drawn from real data")
     # SAC
@@ -296,15 +284,11 @@ def resolve_device(name):
     """'auto' -> cuda when torch sees a GPU, else cpu; any other name is checked."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
         fail(f"--device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    if name != "cpu" and int(name[5:] or 0) >= torch.cuda.device_count():
         fail(f"--device {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s); use --device cpu or auto")
-    return str(device)
+    return name
 
 
 # ======================================================================================
@@ -347,56 +331,31 @@ def record_video(env, folder, every_episode=False):
         fail(f"--capture-video needs moviepy ({e}): pip install moviepy")
 
 
-def _hopper(obs, act, next_obs):
-    z, angle = next_obs[:, 0], next_obs[:, 1]
-    # obs[1:] is the env's state_vector()[2:], which must stay inside (-100, 100)
-    healthy = torch.isfinite(next_obs).all(-1) & (next_obs[:, 1:].abs() < 100).all(-1) & (z > 0.7) & (angle.abs() < 0.2)
-    return ~healthy
-
-
-def _walker2d(obs, act, next_obs):
-    z, angle = next_obs[:, 0], next_obs[:, 1]
-    return ~((z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0))  # NaN compares False: terminated, as in the env
-
-
-def _ant(obs, act, next_obs):
-    z = next_obs[:, 0]
-    return ~(torch.isfinite(next_obs).all(-1) & (z >= 0.2) & (z <= 1.0))
-
-
-def _humanoid(obs, act, next_obs):
-    return ~((next_obs[:, 0] > 1.0) & (next_obs[:, 0] < 2.0))
-
-
-def _half_cheetah(obs, act, next_obs):
-    return torch.zeros(len(next_obs), dtype=torch.bool, device=next_obs.device)
-
-
-def _inverted_pendulum(obs, act, next_obs):
-    return ~torch.isfinite(next_obs).all(-1) | (next_obs[:, 1].abs() > 0.2)
-
-
-def _inverted_double_pendulum(obs, act, next_obs):
-    # obs = [x, sin t1, sin t2, cos t1, cos t2, ...] in v4 and v5; the tip is 0.6 above each hinge,
-    # so its height is 0.6 * (cos t1 + cos(t1 + t2)), and the env ends the episode when it is <= 1.
-    s1, s2, c1, c2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
-    return 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0
-
-
-TERMINATION_FNS = {
-    "Hopper": _hopper,
-    "Walker2d": _walker2d,
-    "Ant": _ant,
-    "Humanoid": _humanoid,
-    "HalfCheetah": _half_cheetah,
-    "InvertedPendulum": _inverted_pendulum,
-    "InvertedDoublePendulum": _inverted_double_pendulum,
-}
-
-
 def get_termination_fn(env_id):
-    """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions."""
-    return TERMINATION_FNS[env_family(env_id)]
+    """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
+    static_fns). A prediction that is not finite terminates, as the env's own checks would."""
+    family = env_family(env_id)
+
+    def termination_fn(obs, act, next_obs):
+        z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
+        if family == "Hopper":  # obs[1:] is the env's state_vector()[2:], which must stay inside (-100, 100)
+            return ~(finite & (next_obs[:, 1:].abs() < 100).all(-1) & (z > 0.7) & (angle.abs() < 0.2))
+        if family == "Walker2d":  # NaN compares False: terminated, as in the env
+            return ~((z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0))
+        if family == "Ant":
+            return ~(finite & (z >= 0.2) & (z <= 1.0))
+        if family == "Humanoid":
+            return ~((z > 1.0) & (z < 2.0))
+        if family == "InvertedPendulum":
+            return ~finite | (angle.abs() > 0.2)
+        if family == "InvertedDoublePendulum":
+            # obs = [x, sin t1, sin t2, cos t1, cos t2, ...]; the tip is 0.6 above each hinge, so its height is
+            # 0.6 * (cos t1 + cos(t1 + t2)), and the env ends the episode when it is <= 1.
+            s1, s2, c1, c2 = next_obs[:, 1:5].T
+            return 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0
+        return torch.zeros_like(finite)  # HalfCheetah never terminates
+
+    return termination_fn
 
 
 # ======================================================================================
@@ -450,8 +409,9 @@ class ReplayBuffer:
     def state_dict(self):
         return dict(rows=self.rows().cpu(), capacity=self.capacity, ptr=self.ptr)
 
-    def load_state_dict(self, state):
-        self.resize(state["capacity"])
+    def load_state_dict(self, state, capacity=None):
+        """The saved rows and layout, in the saved capacity or the one given (a larger one to extend a run)."""
+        self.resize(capacity or state["capacity"])
         self.load(state["rows"].to(self.data.device), state["ptr"])
 
     def sample(self, *shape):
@@ -965,18 +925,15 @@ class CMLOTrigger:
 
 
 @torch.no_grad()
-def elite_error(model, obs, act, next_obs):
-    """CMLO's e: mean over the elites of the L2 error of one sampled next observation on a real transition."""
-    x = torch.cat([obs, act])[None, None].expand(len(model.elites), 1, -1)
-    mean, logvar = model(x, model.elites)
-    delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-    return (obs + delta[:, 0, 1:] - next_obs).norm(dim=-1).mean().item()
-
-
 def cmlo_step(cmlo, model, real_buffer, row, step, args):
-    """Feed CMLO's trigger one env step (the stored real transition row); returns whether to retrain now."""
-    obs, act, _, next_obs, _ = real_buffer.split(row[0])
-    error = elite_error(model, obs, act, next_obs) if step > args.learning_starts else None  # after the first training
+    """Feed CMLO's trigger one env step, the stored real transition row [1, row]; returns whether to retrain now.
+    After the first model training, its error e: the mean over the elites of the L2 error of one sampled s'."""
+    obs, act, _, next_obs, _ = real_buffer.split(row)
+    error = None
+    if step > args.learning_starts:
+        mean, logvar = model(torch.cat([obs, act], -1).expand(len(model.elites), 1, -1), model.elites)
+        delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # [elites, 1, 1 + obs]: reward first
+        error = (obs + delta[:, :, 1:] - next_obs).norm(dim=-1).mean().item()
     return cmlo.step(step, error, hull_volume(real_buffer) if step % args.cmlo_check_every == 0 else None)
 
 
@@ -997,13 +954,14 @@ def hull_volume(real_buffer, n=1000, dims=3):
 # ======================================================================================
 
 
-def sample_batches(real_buffer, model_buffer, n_updates, batch_size, real_ratio):
-    """All minibatches of one env step in one indexing op per buffer: [n_updates, batch, row]."""
-    n_real = batch_size if model_buffer.size == 0 else int(batch_size * real_ratio)
+def sample_batches(real_buffer, model_buffer, args):
+    """The minibatches of one env step's SAC updates, real_ratio of each real, in one indexing op per buffer:
+    [updates_per_step, batch_size, row]."""
+    n_updates, batch_size = args.updates_per_step, args.batch_size
+    n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
     rows = real_buffer.sample(n_updates, n_real)
     if n_real < batch_size:
-        model_rows = model_buffer.sample(n_updates, batch_size - n_real)
-        rows = torch.cat([rows, model_rows], dim=1)
+        rows = torch.cat([rows, model_buffer.sample(n_updates, batch_size - n_real)], dim=1)
     return rows
 
 
@@ -1140,10 +1098,7 @@ def main(argv=None):
                     log.model(global_step, rollouts)
                 # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
-                    batches = sample_batches(
-                        real_buffer, model_buffer, args.updates_per_step, args.batch_size, args.real_ratio
-                    )
-                    for rows in batches:
+                    for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
@@ -1305,58 +1260,57 @@ class Logger:
             wandb.finish()
 
 
-def env_generators(env, eval_env):
-    """The NumPy generators of the envs: random-phase actions, the env's resets, the evaluation env's resets."""
-    return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
-
-
-def env_and_rng_state(env, eval_env):
+class EnvAndRNG:
     """What continuing the episode in progress needs after a resume: MuJoCo's whole MjData (state, solver warm start
     and the derived positions, which the next reward of Ant or Humanoid reads one substep stale), the time limit's step
-    counter and the running episode statistics; and the state of every random generator the run draws from."""
-    torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
-    return dict(
-        mjdata=env.unwrapped.data,
-        elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
-        episode_stats=(env.episode_returns, env.episode_lengths),
-        rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
-        generators=[g.bit_generator.state for g in env_generators(env, eval_env)],
-    )
+    counter and the running episode statistics; and the state of every random generator the run draws from: Python's,
+    NumPy's, torch's and the envs' (random-phase actions, the env's resets, the evaluation env's resets)."""
 
+    def __init__(self, env, eval_env):
+        self.env, self.eval_env = env, eval_env
 
-def restore_env_and_rng_state(env, eval_env, state):
-    """Inverse of env_and_rng_state, on envs that have been reset once."""
-    import mujoco
+    def generators(self):  # read each time: a reset with a seed replaces an env's generator
+        return [self.env.action_space.np_random, self.env.unwrapped.np_random, self.eval_env.unwrapped.np_random]
 
-    mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
-    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
-    env.episode_returns, env.episode_lengths = state["episode_stats"]
-    python, numpy, torch_cpu, cuda = state["rngs"]
-    random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    for generator, generator_state in zip(env_generators(env, eval_env), state["generators"]):
-        generator.bit_generator.state = generator_state
+    def state_dict(self):
+        env = self.env
+        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
+        return dict(
+            mjdata=env.unwrapped.data,
+            elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
+            episode_stats=(env.episode_returns, env.episode_lengths),
+            rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
+            generators=[g.bit_generator.state for g in self.generators()],
+        )
+
+    def load_state_dict(self, state):  # on envs that have been reset once
+        import mujoco
+
+        env = self.env
+        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
+        env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+        env.episode_returns, env.episode_lengths = state["episode_stats"]
+        python, numpy, torch_cpu, cuda = state["rngs"]
+        random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        for generator, generator_state in zip(self.generators(), state["generators"]):
+            generator.bit_generator.state = generator_state
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log):
     """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}: saving and resuming both
-    read this one list, so a part added here is saved and restored."""
-    stateful = dict(
-        agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer, log=log
-    )
-    stateful.update(actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
+    read this one list, so a part added here is saved and restored. The environments and RNGs come last."""
+    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
+    stateful.update(log=log, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
     if authors is not None:
         stateful["finetune_optim"] = authors.optimizer  # the authors' fine-tune keeps its Adam across trainings
     if cmlo is not None:
         stateful["cmlo"] = cmlo
+    stateful["env_and_rng"] = EnvAndRNG(env, eval_env)
     parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
     # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
-    parts["real_buffer"] = (
-        real_buffer.state_dict,
-        lambda s: real_buffer.load_state_dict({**s, "capacity": real_buffer.capacity}),
-    )
-    parts["env_and_rng"] = (lambda: env_and_rng_state(env, eval_env), lambda s: restore_env_and_rng_state(env, eval_env, s))
+    parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
     return parts
 
 

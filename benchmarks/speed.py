@@ -76,7 +76,9 @@ def components(quick):
     out = {"sac_update": timeit(lambda: agent.update(*batch), 30 if quick else 200)}
 
     def env_step():
-        for rows in usbpo.sample_batches(real, model_buffer, 20, 256, 0.05):
+        for rows in usbpo.sample_batches(
+            real, model_buffer, argparse.Namespace(updates_per_step=20, batch_size=256, real_ratio=0.05)
+        ):
             agent.update(*real.split(rows))
 
     out["sac_env_step"] = timeit(env_step, 5 if quick else 20)
