@@ -1063,12 +1063,10 @@ def main(argv=None):
     eval_env = record_video(eval_env, f"{log.run_dir}/videos") if args.capture_video else eval_env
     parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log)
     obs, _ = env.reset(seed=args.seed + start_step)
-    model_stats = {}
-    if checkpoint:
-        obs, model_stats = restore_checkpoint(checkpoint, parts)
-    with SafeStop(log.run_dir, start_step - 1 if checkpoint else None) as stop:
+    with Checkpointer(log.run_dir, parts, args, checkpoint) as checkpointer:
+        obs, model_stats = checkpointer.restore(checkpoint) if checkpoint else (obs, {})
         for global_step in range(start_step, args.total_timesteps + 1):
-            stop.step = global_step
+            checkpointer.step = global_step
             # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
             if global_step <= args.learning_starts:
                 action = env.action_space.sample()
@@ -1108,11 +1106,7 @@ def main(argv=None):
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
             if global_step % args.epoch_length == 0:
                 log.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
-            if args.checkpoint_every and (stop.signal or checkpoint_due(args, global_step)):
-                save_checkpoint(log.run_dir, parts, vars(args), global_step, obs, model_stats)
-                stop.checkpoint_step = global_step
-            if stop.signal:
-                stop.exit()
+            checkpointer.end_of_step(global_step, obs, model_stats)
     log.close()
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
@@ -1317,22 +1311,6 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
 CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
 
 
-def checkpoint_due(args, step):
-    """At the end of every checkpoint_every-th epoch, and at the end of the run (so that it can be extended)."""
-    return step % args.epoch_length == 0 and (
-        step // args.epoch_length % args.checkpoint_every == 0 or step == args.total_timesteps
-    )
-
-
-def save_checkpoint(run_dir, parts, args, global_step, obs, model_stats):
-    """Write every part and the loop's own state to run_dir/checkpoint.pt, atomically: a kill during the write never
-    corrupts the last checkpoint."""
-    path, state = os.path.join(run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in parts.items()}
-    loop = dict(format=CHECKPOINT_FORMAT, args=args, global_step=global_step, obs=obs, model_stats=model_stats)
-    torch.save({**state, **loop}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
 def load_checkpoint(run_dir):
     path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.isfile(path):
@@ -1343,25 +1321,45 @@ def load_checkpoint(run_dir):
         fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
 
 
-def restore_checkpoint(checkpoint, parts):
-    """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
-    for name, (_, restore) in parts.items():
-        restore(checkpoint[name])
-    return checkpoint["obs"], checkpoint["model_stats"]
-
-
 def resume_command(run_dir):
     return f"{sys.executable} {sys.argv[0] if sys.argv[0].endswith('usbpo.py') else __file__} --resume {run_dir}"
 
 
-class SafeStop:
-    """Stopping a run without losing it. SIGTERM (what a scheduler sends before preemption) and SIGINT (Ctrl-C) ask the
-    run to stop at the end of the current env step, where main writes a checkpoint and calls exit(); a second signal
-    stops at once. A NonFinite raised in the loop stops the run with one line that names the phase and the step,
-    before the bad state reaches a checkpoint."""
+class Checkpointer:
+    """Stopping a run without losing it. A checkpoint (every part of checkpoint_parts and the loop's own state) is
+    written at the end of every checkpoint_every-th epoch and of the run (so that it can be extended), atomically: a
+    kill during the write never corrupts the last one. SIGTERM (what a scheduler sends before preemption) and SIGINT
+    (Ctrl-C) ask the run to stop at the end of the current env step, with a checkpoint; a second signal stops it at once.
+    A NonFinite raised in the loop stops the run with one line that names the phase and the step, before the bad state
+    reaches a checkpoint."""
 
-    def __init__(self, run_dir, checkpoint_step):
-        self.run_dir, self.checkpoint_step, self.step, self.signal, self.previous = run_dir, checkpoint_step, 0, None, {}
+    def __init__(self, run_dir, parts, args, checkpoint=None):
+        self.run_dir, self.parts, self.args, self.signal, self.previous = run_dir, parts, args, None, {}
+        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
+
+    def restore(self, checkpoint):
+        """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
+        for name, (_, restore) in self.parts.items():
+            restore(checkpoint[name])
+        return checkpoint["obs"], checkpoint["model_stats"]
+
+    def end_of_step(self, step, obs, model_stats):
+        """Write a checkpoint when one is due or a signal asked to stop; then stop if one did."""
+        every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
+        due = every and into_epoch == 0 and (epoch % every == 0 or step == self.args.total_timesteps)
+        if due or every and self.signal:
+            path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
+            loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, obs=obs, model_stats=model_stats)
+            torch.save({**state, **loop}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            self.saved_step = step
+        if self.signal:
+            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint()}")
+
+    def last_checkpoint(self):
+        if self.saved_step is None:
+            return "no checkpoint was written, so the run cannot be continued"
+        return f"continue from the checkpoint of step {self.saved_step} with: {resume_command(self.run_dir)}"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
@@ -1372,14 +1370,6 @@ class SafeStop:
         if self.signal is not None:
             raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint()}")
         self.signal = signal.Signals(signum).name
-
-    def exit(self):
-        raise SystemExit(f"usbpo: stopped by {self.signal} at step {self.step}; {self.last_checkpoint()}")
-
-    def last_checkpoint(self):
-        if self.checkpoint_step is None:
-            return "no checkpoint was written, so the run cannot be continued"
-        return f"continue from the checkpoint of step {self.checkpoint_step} with: {resume_command(self.run_dir)}"
 
     def __exit__(self, kind, error, traceback):
         for s, handler in self.previous.items():
@@ -1408,5 +1398,5 @@ def check_memory(args, obs_dim, act_dim, device):
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, SafeStop turns Ctrl-C into a checkpoint)
+    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, the Checkpointer turns Ctrl-C into a checkpoint)
         raise SystemExit("usbpo: interrupted before the run's first step; nothing was written to continue from") from None
