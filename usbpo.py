@@ -42,9 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ======================================================================================
-# 1. Configuration
-# ======================================================================================
+# ==== 1. Configuration ============================================================================
 
 # Per-environment settings of the authors' configs (identical to MBPO's). A flag given on the command line wins;
 # a flag left out takes the value here. rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout
@@ -291,9 +289,7 @@ def resolve_device(name):
     return name
 
 
-# ======================================================================================
-# 2. Environments and termination functions
-# ======================================================================================
+# ==== 2. Environments and termination functions ===================================================
 
 
 def make_env(env_id, seed, render=False):
@@ -358,9 +354,7 @@ def get_termination_fn(env_id):
     return termination_fn
 
 
-# ======================================================================================
-# 3. Replay buffers
-# ======================================================================================
+# ==== 3. Replay buffers ===========================================================================
 
 
 class ReplayBuffer:
@@ -424,9 +418,7 @@ class ReplayBuffer:
         return obs, act, rew.squeeze(-1), next_obs, term.squeeze(-1)
 
 
-# ======================================================================================
-# 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO)
-# ======================================================================================
+# ==== 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO) ====================
 
 
 class EnsembleLinear(nn.Module):
@@ -495,10 +487,11 @@ class GaussianEnsemble(nn.Module):
         return (mean - y).square().mean(dim=(1, 2))
 
     @torch.no_grad()
-    def nll(self, x, y):
-        """Per-member Gaussian negative log-likelihood (nats per dimension) on a shared batch -> [E]."""
+    def elite_scores(self, x, y):
+        """The elites' mean MSE and Gaussian negative log-likelihood (nats per dimension) on a shared batch."""
         mean, logvar = self(x.expand(self.ensemble_size, *x.shape))
-        return 0.5 * ((mean - y).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
+        nll = 0.5 * ((mean - y).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
+        return self.mse(x, y)[self.elites].mean().item(), nll[self.elites].mean().item()
 
     @torch.no_grad()
     def step(self, obs, act):
@@ -579,9 +572,7 @@ def pick_elites(model, holdout_mse):
     model.elites.copy_(torch.argsort(holdout_mse)[: len(model.elites)])
 
 
-# ======================================================================================
-# 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*)
-# ======================================================================================
+# ==== 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*) ==============
 
 
 def w2_gaussian(mu1, std1, mu2, std2):
@@ -744,14 +735,11 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
                 break
     model.load_state_dict(best_state, strict=False)
     after = validate()
-    stats = {f"{name}_before": value for name, value in zip(("objective", "shift", "bias"), before)}
-    stats.update({f"{name}_after": value for name, value in zip(("objective", "shift", "bias"), after)})
-    return {**stats, "finetune_steps_kept": steps_kept}
+    names = [f"{name}_{when}" for when in ("before", "after") for name in ("objective", "shift", "bias")]
+    return {**dict(zip(names, before + after)), "finetune_steps_kept": steps_kept}
 
 
-# ======================================================================================
-# 6. SAC (as MBPO's softlearning SAC)
-# ======================================================================================
+# ==== 6. SAC (as MBPO's softlearning SAC) =========================================================
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -841,9 +829,7 @@ class SAC(nn.Module):
         return dict(losses, qf1_values=q1, qf2_values=q2, actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach())
 
 
-# ======================================================================================
-# 7. Model rollouts
-# ======================================================================================
+# ==== 7. Model rollouts ===========================================================================
 
 
 def rollout_length(epoch, schedule):
@@ -876,9 +862,7 @@ def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
             break
 
 
-# ======================================================================================
-# 8. CMLO's update trigger (Ji et al., NeurIPS 2022): the seed's fixed-threshold baseline
-# ======================================================================================
+# ==== 8. CMLO's update trigger (Ji et al., NeurIPS 2022): the seed's fixed-threshold baseline =====
 
 
 class CMLOTrigger:
@@ -949,9 +933,7 @@ def hull_volume(real_buffer, n=1000, dims=3):
     return float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
 
 
-# ======================================================================================
-# 9. The training loop
-# ======================================================================================
+# ==== 9. The training loop ========================================================================
 
 
 def sample_batches(real_buffer, model_buffer, args):
@@ -1004,13 +986,10 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
     this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
     inputs, targets = model_data(real_buffer, real_buffer.data[: real_buffer.size])
-    holdout, mse, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
+    holdout, _, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
     holdout_x, holdout_y = inputs[holdout], targets[holdout]
-    stats = dict(
-        model_epochs=model_epochs,
-        holdout_mse_phase1=mse[model.elites].mean().item(),
-        holdout_nll_phase1=model.nll(holdout_x, holdout_y)[model.elites].mean().item(),
-    )
+    stats = dict(model_epochs=model_epochs)
+    stats["holdout_mse_phase1"], stats["holdout_nll_phase1"] = model.elite_scores(holdout_x, holdout_y)
     if not args.no_finetune and model_buffer.size > 0:  # the first training has no model data yet
         if authors is None:
             val_inputs = holdout_x[torch.randperm(len(holdout), device=inputs.device)[:1024]]
@@ -1018,10 +997,8 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
             val_inputs = holdout_x[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
         model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors, progress))
-        mse = model.mse(holdout_x, holdout_y)
-        pick_elites(model, mse)
-    stats["holdout_mse_phase2"] = mse[model.elites].mean().item()
-    stats["holdout_nll_phase2"] = model.nll(holdout_x, holdout_y)[model.elites].mean().item()
+        pick_elites(model, model.mse(holdout_x, holdout_y))
+    stats["holdout_mse_phase2"], stats["holdout_nll_phase2"] = model.elite_scores(holdout_x, holdout_y)
     return stats
 
 
@@ -1116,9 +1093,7 @@ def main(argv=None):
     return log.run_dir
 
 
-# ======================================================================================
-# 10. Run management: logging, checkpoints
-# ======================================================================================
+# ==== 10. Run management: logging, checkpoints ====================================================
 
 CSV_FIELDS = (
     "env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1 holdout_nll_phase2 "
@@ -1141,22 +1116,20 @@ class Logger:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        config, self.track = {**vars(args), **extra_config}, args.track
+        config, self.wandb = {**vars(args), **extra_config}, None
         if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
             try:
                 import wandb
             except ImportError:
                 fail("--track sends the run to Weights & Biases, which is not installed: pip install wandb")
-            name = os.path.basename(os.path.normpath(self.run_dir))
+            name, self.wandb = os.path.basename(os.path.normpath(self.run_dir)), wandb
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name.replace(".", "_"),
                        resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)  # fmt: skip
         self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
         print("usbpo config: " + json.dumps(config))
-        every = (
-            f"checkpoints every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "no checkpoints"
-        )
-        print(f"run folder: {self.run_dir}  ({every}; to continue from the last: {resume_command(self.run_dir)})")
+        every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
+        print(f"run folder: {self.run_dir}  (checkpoints: {every}; to continue from the last: {resume_command(self.run_dir)})")
         self.csv_path, rows = os.path.join(self.run_dir, "progress.csv"), []
         if not args.resume:
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
@@ -1248,10 +1221,8 @@ class Logger:
     def close(self):
         self.bar.close()
         self.writer.close()
-        if self.track:
-            import wandb
-
-            wandb.finish()
+        if self.wandb:
+            self.wandb.finish()
 
 
 class EnvAndRNG:
@@ -1382,14 +1353,10 @@ def check_memory(args, obs_dim, act_dim, device):
     """Refuse, before they are allocated, replay buffers that cannot fit on the training device."""
     row_bytes = 4 * (2 * obs_dim + act_dim + 2)
     need = row_bytes * (args.total_timesteps + model_buffer_capacity(args, max(args.rollout_schedule[2:])))
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            with open("/proc/meminfo") as f:
-                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-        except (OSError, StopIteration):  # not Linux: no check
-            free = math.inf
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf  # not Linux: no check on the CPU
+    if device.type == "cpu" and os.path.isfile("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), math.inf)
     if need > free:
         lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
         fail(f"the replay buffers need {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device}; {lower}")
