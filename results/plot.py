@@ -3,9 +3,10 @@
 Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
     results/<env>.png              eval return vs env steps, mean and min-max band over seeds
     results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
+    results/<env>_cmlo.png         with CMLO runs: how often each threshold retrains the model (the seed's Figure 1)
 and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds, and
 the mean of the last 5 evaluations, which is less noisy than one) and a summary of the fine-tune
-diagnostics of each USB-PO seed.
+diagnostics of each USB-PO seed (and, with CMLO runs, the intervals between model trainings per threshold).
 """
 
 import csv
@@ -47,7 +48,7 @@ def load(env_dir):
 
 
 def finetuned(runs):
-    """The variants that fine-tune (all but MBPO)."""
+    """The variants that fine-tune (all but MBPO and CMLO)."""
     return {v: seeds for v, seeds in runs.items() if v.startswith("usbpo")}
 
 
@@ -164,6 +165,46 @@ def diagnostics(env, runs):
             )
 
 
+def cmlo(env, runs, model_train_freq=250):
+    """CMLO's update intervals per threshold (results/<env>/intervals/, written by run_evidence.sh from TensorBoard)
+    against MBPO's fixed model_train_freq: a histogram and the trainings per 1000 steps; and a table."""
+    variants = {v: seeds for v, seeds in runs.items() if v.startswith("cmlo")}
+    gaps = {}
+    for variant, seeds in variants.items():
+        for seed in seeds:
+            with open(os.path.join(HERE, env, "intervals", f"{variant}_seed{seed}.csv")) as f:
+                gaps[variant, seed] = np.array([float(r["interval"]) for r in csv.DictReader(f) if r["interval"]])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (variant, seed), gap in gaps.items():
+        label, color = VARIANTS.get(variant, (variant, None))
+        name = f"{label}" + (f", seed {seed}" if len(variants[variant]) > 1 else "")
+        axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, color=color, label=name)
+        run = variants[variant][seed]
+        per_1000 = run["model_trainings"] * 1000 / np.diff(run["env_steps"], prepend=0)
+        axes[1].plot(run["env_steps"], per_1000, "o-", ms=3, color=color, label=name)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].axvline(model_train_freq, color="tab:blue", ls="--", lw=1)
+    axes[1].axhline(1000 / model_train_freq, color="tab:blue", ls="--", lw=1, label="MBPO, USB-PO (fixed)")
+    axes[0].set(xlabel="env steps between two model trainings", ylabel="trainings", title="intervals (dashed: MBPO's 250)")
+    axes[1].set(xlabel="environment steps", ylabel="model trainings per 1000 steps", title="how often the model moves")
+    axes[1].set_ylim(bottom=0)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{env}: CMLO's event-triggered model updates (clamps: at least 150, at most 500 steps)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, f"{env}_cmlo.png"), dpi=110)
+    plt.close(fig)
+    print(f"\n{env}: CMLO's intervals between model trainings (env steps; MBPO and USB-PO: every {model_train_freq})\n")
+    print("| variant | seed | trainings | median | mean | min-max | at the 500-step cap | mean of the last 5 evals |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (variant, seed), gap in gaps.items():
+        last5 = variants[variant][seed]["eval_return"][-5:].mean()
+        print(
+            f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {len(gap) + 1} | {np.median(gap):.0f} | {gap.mean():.0f} "
+            f"| {gap.min():.0f}-{gap.max():.0f} | {(gap >= 500).sum()} | {last5:.0f} |"
+        )
+
+
 def main():
     envs = sorted(
         d for d in os.listdir(HERE) if os.path.isdir(os.path.join(HERE, d)) and glob.glob(os.path.join(HERE, d, "*.csv"))
@@ -180,7 +221,12 @@ def main():
         table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)], int(last))
         if finetuned(runs):
             diagnostics(env, runs)
-        print(f"\nwrote results/{env}.png" + (f" and results/{env}_finetune.png" if finetuned(runs) else ""))
+        if any(v.startswith("cmlo") for v in runs):
+            cmlo(env, runs)
+        figures = (
+            [env] + [f"{env}_finetune"] * bool(finetuned(runs)) + [f"{env}_cmlo"] * any(v.startswith("cmlo") for v in runs)
+        )
+        print("\nwrote " + ", ".join(f"results/{name}.png" for name in figures))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind results/: variants of one code path, same seeds and budget, one process per core
-# (OMP_NUM_THREADS=1); each finished run's progress.csv is copied to results/<env>/<variant>_seed<seed>.csv.
+# (OMP_NUM_THREADS=1); each finished run's progress.csv is copied to results/<env>/<variant>_seed<seed>.csv (and a
+# CMLO run's model-training intervals to results/<env>/intervals/<variant>_seed<seed>.csv).
 #   Usage: [VARIANTS="usbpo mbpo"] [LANES=2] bash results/run_evidence.sh ENV_ID STEPS SEED...
 # Variants: usbpo (default flags), usbpo_authors (--finetune-objective authors), mbpo (--no-finetune),
 # usbpo_shift_only (--bias-coef 0), usbpo_bias_only (--shift-coef 0), cmlo_a<ALPHA> (--cmlo-threshold ALPHA,
@@ -40,6 +41,10 @@ run() {  # variant seed
       --exp-name "$1" --no-progress --runs-dir "$dir" > "$dir.log" 2>&1
   fi
   cp "$dir"/*/progress.csv "results/$env_id/$1_seed$2.csv"
+  if [[ $1 == cmlo_* ]]; then  # the steps between its model trainings, for plot.py's CMLO figure
+    mkdir -p "results/$env_id/intervals"
+    .venv/bin/python results/intervals.py "$dir"/*/ "results/$env_id/intervals/$1_seed$2.csv"
+  fi
 }
 jobs=()
 for seed in "$@"; do for variant in $variants; do flags "$variant" > /dev/null; jobs+=("$variant $seed"); done; done
