@@ -7,6 +7,7 @@ training step against the holdout data, a run against the files it must write.
 
 import copy
 import csv
+import fcntl
 import glob
 import math
 import os
@@ -1003,6 +1004,30 @@ def test_failed_start_gives_one_line_and_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "runs").exists()
     for where in [a_file / "runs", "/proc/usbpo-test"]:  # under a file; on a read-only file system
         assert_one_line_error(["--env-id", "InvertedPendulum-v4", "--runs-dir", str(where)], "cannot create the run folder")
+
+
+def test_a_run_folder_takes_one_process_and_a_failed_checkpoint_write_keeps_the_last(tmp_path, monkeypatch):
+    """On a shared machine: a second process on a run folder in use is refused in one line before it writes anything.
+    A full disk (torch.save failing as it does on /dev/full) stops the run in one line that names the last whole
+    checkpoint, which stays on disk."""
+    run = usbpo.main(tiny_args_argv("--total-timesteps", "500", "--checkpoint-every", "1", "--runs-dir", str(tmp_path)))
+    progress = open(os.path.join(run, "progress.csv")).read()
+    with open(os.path.join(run, ".lock"), "a+") as held:  # as the process running the folder holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0), held.write("12345"), held.flush()
+        assert_one_line_error(["--resume", run, "--total-timesteps", "750"], "is in use by another process (pid 12345)")
+    assert open(os.path.join(run, "progress.csv")).read() == progress
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(usbpo.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        usbpo.main(["--resume", run, "--total-timesteps", "750"])
+    message = str(stop.value)
+    assert message.startswith("usbpo: error: could not write") and "is the disk full?" in message, message
+    assert "at step 750; continue from the checkpoint of step 500 with:" in message and "--resume" in message, message
+    assert torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)["global_step"] == 500
 
 
 @pytest.mark.parametrize("phase", ["SAC update", "model rollout", "phase 2 (fine-tune)", "phase 1 (maximum likelihood)"])

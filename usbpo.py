@@ -1113,6 +1113,17 @@ class Logger:
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
             fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
+        self.lock = open(os.path.join(self.run_dir, ".lock"), "a+")  # one process per run folder, released at exit
+        if os.name == "posix":  # (elsewhere, no lock)
+            import fcntl
+
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: by another process, or by an earlier main() of this one (which may go on)
+                self.lock.seek(0)
+                if (holder := self.lock.read()) != str(os.getpid()):
+                    fail(f"{self.run_dir} is in use by another process (pid {holder or '?'}); stop it or wait for it")
+        self.lock.truncate(0), self.lock.write(str(os.getpid())), self.lock.flush()
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
@@ -1302,7 +1313,7 @@ class Checkpointer:
     kill during the write never corrupts the last one. SIGTERM (what a scheduler sends before preemption) and SIGINT
     (Ctrl-C) ask the run to stop at the end of the current env step, with a checkpoint; a second signal stops it at once.
     A NonFinite raised in the loop stops the run with one line that names the phase and the step, before the bad state
-    reaches a checkpoint."""
+    reaches a checkpoint; an OSError (a full disk, say) with one line that names the last whole checkpoint."""
 
     def __init__(self, run_dir, parts, args, checkpoint=None):
         self.run_dir, self.parts, self.args, self.signal, self.previous = run_dir, parts, args, None, {}
@@ -1321,7 +1332,10 @@ class Checkpointer:
         if due or every and self.signal:
             path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
             loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, obs=obs, model_stats=model_stats)
-            torch.save({**state, **loop}, path + ".tmp")
+            try:
+                torch.save({**state, **loop}, path + ".tmp")
+            except RuntimeError as e:  # how torch reports a failed write
+                raise OSError(f"could not write {path}.tmp ({str(e).splitlines()[0]}); is the disk full?") from None
             os.replace(path + ".tmp", path)
             self.saved_step = step
         if self.signal:
@@ -1347,6 +1361,8 @@ class Checkpointer:
             signal.signal(s, handler)
         if kind is NonFinite:
             raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
+        if kind is not None and issubclass(kind, OSError):  # a full disk, a quota, a folder removed under the run
+            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint()}")
 
 
 def check_memory(args, obs_dim, act_dim, device):
