@@ -9,6 +9,7 @@ import copy
 import csv
 import fcntl
 import glob
+import json
 import math
 import os
 import signal
@@ -790,6 +791,10 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["env_steps"]) for r in rows] == [250, 500, 750]
     assert set(usbpo.CSV_FIELDS) <= set(rows[0])
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["total_timesteps"] == 750 and config["versions"]["torch"] == torch.__version__
+    assert config["versions"]["mujoco"] == __import__("mujoco").__version__
     assert rows[0]["finetune_steps_kept"] == "nan"  # first model training: the model buffer is still empty
     for r in rows[1:]:  # later trainings go through phase 2
         for key in [

@@ -1124,10 +1124,13 @@ class Logger:
                 if (holder := self.lock.read()) != str(os.getpid()):
                     fail(f"{self.run_dir} is in use by another process (pid {holder or '?'}); stop it or wait for it")
         self.lock.truncate(0), self.lock.write(str(os.getpid())), self.lock.flush()
+        import gymnasium
+        import mujoco
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        config, self.wandb = {**vars(args), **extra_config}, None
+        versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gymnasium, mujoco)}}
+        config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # versions: physics differ across them
         if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
             try:
                 import wandb
