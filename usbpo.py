@@ -329,7 +329,7 @@ def record_video(env, folder, every_episode=False):
 
 def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
-    static_fns). A prediction that is not finite terminates, as the env's own checks would."""
+    static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
     family = env_family(env_id)
 
     def termination_fn(obs, act, next_obs):
