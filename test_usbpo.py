@@ -836,6 +836,8 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert set(saved) >= {"actor", "qf", "ensemble", "args"}
     returns = usbpo.main(["--evaluate", os.path.join(run_dir, "model.pt"), "--eval-episodes", "3"])  # the entry point
     assert len(returns) == 3 and all(1 <= r <= 1000 for r in returns)
+    assert usbpo.main(["--evaluate", os.path.join(run_dir, "checkpoint.pt"), "--eval-episodes", "3"]) == returns  # same actor
+    assert_one_line_error(["--evaluate", os.path.join(run_dir, "config.json")], "holds no saved policy")
 
 
 @pytest.mark.parametrize(

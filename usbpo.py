@@ -168,7 +168,7 @@ def build_parser():
     a("--wandb-project-name", default="usbpo", help="W&B project of --track")
     a("--wandb-entity", default=None, help="W&B team or user of --track (default: yours)")
     a("--capture-video", action="store_true", help="videos of evaluation episodes in the run folder (MUJOCO_GL=egl headless)")
-    a("--evaluate", metavar="MODEL_PT", help="run --eval-episodes deterministic episodes of a saved policy, and exit")
+    a("--evaluate", metavar="PT", help="run --eval-episodes episodes of the policy in a model.pt or checkpoint.pt, and exit")
     return p
 
 
@@ -964,17 +964,23 @@ def evaluate(actor, env, n_episodes, device):
 
 
 def evaluate_saved(path, episodes, capture_video=False):
-    """--evaluate: a saved policy's deterministic returns, on the env (and observation) it was trained on."""
+    """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a checkpoint.pt (a run in
+    progress), on the env (and observation) it was trained on."""
+    where = "--save-model writes <run folder>/model.pt at the end of a run; checkpoints are <run folder>/checkpoint.pt"
     if not os.path.isfile(path):
-        fail(f"no saved model at {path}; --save-model writes <run folder>/model.pt at the end of a run")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    args = argparse.Namespace(**saved["args"])
+        fail(f"no saved model at {path}; {where}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        args, agent = argparse.Namespace(**saved["args"]), saved.get("agent", {})
+        actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
+    except Exception as e:  # not a torch file, or one without a policy
+        fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); {where}")
     env = make_env(args.env_id, args.seed + 20_000, capture_video)
     env.reset(seed=args.seed + 20_000)  # before the video wrapper: its episodes are the evaluation's
     if capture_video:
         env = record_video(env, os.path.join(os.path.dirname(path), "videos-evaluate"), every_episode=True)
     actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
-    actor.load_state_dict(saved["actor"])
+    actor.load_state_dict(actor_state)
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
     env.close()  # writes the last video
     print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
