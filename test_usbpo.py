@@ -31,30 +31,11 @@ ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPOR
 
 def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
     """The command line of a configuration small enough for a run to go through every phase in seconds."""
-    return [
-        "--env-id",
-        env_id,
-        "--total-timesteps",
-        "750",
-        "--learning-starts",
-        "250",
-        "--epoch-length",
-        "250",
-        "--model-train-freq",
-        "250",
-        "--rollout-batch-size",
-        "500",
-        "--updates-per-step",
-        "2",
-        "--eval-episodes",
-        "1",
-        "--model-max-epochs",
-        "5",
-        "--finetune-steps",
-        "20",
-        "--no-progress",
-        *extra,
-    ]
+    small = (
+        "--total-timesteps 750 --learning-starts 250 --epoch-length 250 --model-train-freq 250 --rollout-batch-size 500 "
+        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 5 --finetune-steps 20 --no-progress"
+    )
+    return ["--env-id", env_id, *small.split(), *extra]
 
 
 def tiny_args(*extra, env_id="InvertedPendulum-v4"):
@@ -764,28 +745,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
 def test_end_to_end_run_writes_every_output(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    args = [
-        "--env-id",
-        "InvertedPendulum-v4",
-        "--total-timesteps",
-        "750",
-        "--learning-starts",
-        "250",
-        "--rollout-batch-size",
-        "500",
-        "--updates-per-step",
-        "2",
-        "--eval-episodes",
-        "2",
-        "--model-max-epochs",
-        "5",
-        "--finetune-steps",
-        "10",
-        "--save-model",
-        "--no-progress",
-        "--runs-dir",
-        str(tmp_path),
-    ]
+    args = (
+        "--env-id InvertedPendulum-v4 --total-timesteps 750 --learning-starts 250 --rollout-batch-size 500 "
+        "--updates-per-step 2 --eval-episodes 2 --model-max-epochs 5 --finetune-steps 10 --save-model --no-progress"
+    ).split() + ["--runs-dir", str(tmp_path)]
     run_dir = usbpo.main(args)
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = list(csv.DictReader(f))
