@@ -90,7 +90,11 @@ POSITIVE_INT, COUNT = flag_type(int, lambda v: v > 0, "positive"), flag_type(int
 POSITIVE, NON_NEGATIVE = flag_type(float, lambda v: v > 0, "positive"), flag_type(float, lambda v: v >= 0, "zero or positive")
 FRACTION = flag_type(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_FRACTION = flag_type(float, lambda v: 0 < v < 1, "in (0, 1)")
-BOOLEAN = flag_type(lambda text: text.lower() in ("1", "true", "yes", "y", "t", "on"), lambda v: True, "")  # CleanRL's
+
+
+def boolean(text):
+    """CleanRL's boolean flag values: 1, true, yes, y, t or on (any case) is True, anything else False."""
+    return text.lower() in ("1", "true", "yes", "y", "t", "on")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -114,7 +118,7 @@ def build_parser():
     a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
     a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    a("--torch-deterministic", type=BOOLEAN, nargs="?", const=True, default=True, help="torch.backends.cudnn.deterministic")
+    a("--torch-deterministic", type=boolean, nargs="?", const=True, default=True, help="torch.backends.cudnn.deterministic")
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
     a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training")
@@ -490,8 +494,9 @@ class GaussianEnsemble(nn.Module):
     def elite_scores(self, x, y):
         """The elites' mean MSE and Gaussian negative log-likelihood (nats per dimension) on a shared batch."""
         mean, logvar = self(x.expand(self.ensemble_size, *x.shape))
-        nll = 0.5 * ((mean - y).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
-        return self.mse(x, y)[self.elites].mean().item(), nll[self.elites].mean().item()
+        sq = (mean - y).square()
+        mse, nll = sq.mean(dim=(1, 2)), 0.5 * (sq * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
+        return mse[self.elites].mean().item(), nll[self.elites].mean().item()
 
     @torch.no_grad()
     def step(self, obs, act):
