@@ -5,29 +5,23 @@ state in three ways: phase 1 only (MBPO's update of RUN's model), phase 1 follow
 objective, coefficients and, for the authors' loss, its Adam state), and phase 1 from a fresh initialisation on the
 same data. Phase 1 is identical in the first two, so what differs between them is the fine-tune's; the third is what
 the data alone gives, without the run's history of warm-started, fine-tuned models. Each model is scored as
-model_check.py scores a run's model, on the last 2000 real transitions of DATA_RUN (say, the MBPO run of the same
+model_check.score scores a run's model, on the last 2000 real transitions of DATA_RUN (say, the MBPO run of the same
 seed): MSE of the next observation and reward predicted by the elites' mean, and how often the termination function
 applied to that prediction disagrees with the real `terminated` flag. One row per model and SEED (default 1 2 3).
 """
 
 import argparse
-import glob
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from model_check import checkpoint, real_rows, score  # noqa: E402
+
 import usbpo  # noqa: E402
 
 VARIANTS = ("phase 1 only", "phase 1 + fine-tune", "phase 1 from a fresh model")
-
-
-def checkpoint(run_dir):
-    paths = glob.glob(os.path.join(run_dir, "**", "checkpoint.pt"), recursive=True)
-    if not paths:
-        sys.exit(f"no checkpoint.pt under {run_dir}")
-    return torch.load(paths[0], weights_only=False)
 
 
 def main():
@@ -40,17 +34,7 @@ def main():
     real_buffer, model_buffer = usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu"), usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu")
     real_buffer.load_state_dict(ckpt["real_buffer"])
     model_buffer.load_state_dict(ckpt["model_buffer"])
-    obs, act, rew, next_obs, terminated = real_buffer.split(checkpoint(data_run)["real_buffer"]["rows"][-2000:])
-    termination_fn, real = usbpo.get_termination_fn(args.env_id), terminated.bool()
-
-    @torch.no_grad()
-    def scores(model):
-        pred = model(torch.cat([obs, act], -1).expand(len(model.elites), -1, -1), model.elites)[0].mean(0)
-        pred_next = obs + pred[:, 1:]
-        done = termination_fn(obs, act, pred_next)
-        mse_obs, mse_rew = (pred_next - next_obs).square().mean().item(), (pred[:, 0] - rew).square().mean().item()
-        missed, false = f"{(~done & real).sum()} of {real.sum()}", f"{(done & ~real).sum()} of {(~real).sum()}"
-        return f"{mse_obs:.4f} | {mse_rew:.4f} | {missed} | {false}"
+    data = real_rows(checkpoint(data_run))[-2000:]
 
     print(f"{run}: step {ckpt['global_step']}, {args.finetune_objective} loss; data: last 2000 transitions of {data_run}\n")
     print("| seed | model | next-obs MSE | reward MSE | predicted alive, really terminated "
@@ -73,7 +57,7 @@ def main():
             kept = usbpo.update_model(model, optimizer, real_buffer, model_buffer, update, authors).get(
                 "finetune_steps_kept", "-"
             )
-            print(f"| {seed} | {variant} | {scores(model)} | {kept} |", flush=True)
+            print(f"| {seed} | {variant} | {score(model, args.env_id, data)} | {kept} |", flush=True)
 
 
 if __name__ == "__main__":

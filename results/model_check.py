@@ -18,27 +18,48 @@ import usbpo  # noqa: E402
 
 
 def checkpoint(run_dir):
-    return torch.load(glob.glob(os.path.join(run_dir, "**", "checkpoint.pt"), recursive=True)[0], weights_only=False)
+    paths = glob.glob(os.path.join(run_dir, "**", "checkpoint.pt"), recursive=True)
+    if not paths:
+        sys.exit(f"no checkpoint.pt under {run_dir}")
+    return torch.load(paths[0], weights_only=False)
 
 
-data = checkpoint(sys.argv[1])
-rows = data["real_buffer"]["rows"] if isinstance(data["real_buffer"], dict) else data["real_buffer"]  # older checkpoints
-print(f"data: the last 2000 real transitions of {sys.argv[1]} (step {data['global_step']})\n")
-print("| run | step | next-obs MSE | reward MSE | predicted alive, really terminated | predicted terminated, really alive |")
-print("|---|---|---|---|---|---|")
-for run_dir in sys.argv[2:]:
-    ckpt = checkpoint(run_dir)
-    args, state = ckpt["args"], ckpt["model"]
-    obs_dim = state["max_logvar"].shape[-1] - 1
-    act_dim = state["input_mean"].shape[0] - obs_dim
-    model = usbpo.GaussianEnsemble(obs_dim, act_dim, args["ensemble_size"], args["num_elites"], args["model_hidden"])
-    model.load_state_dict(state)
-    obs, act, rew, next_obs, terminated = usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu").split(rows[-2000:])
-    with torch.no_grad():
-        pred = model(torch.cat([obs, act], -1).expand(len(model.elites), -1, -1), model.elites)[0].mean(0)
+def real_rows(ckpt):
+    """The real buffer's rows, oldest first."""
+    return ckpt["real_buffer"]["rows"] if isinstance(ckpt["real_buffer"], dict) else ckpt["real_buffer"]  # older checkpoints
+
+
+@torch.no_grad()
+def score(model, env_id, rows):
+    """One model on real rows: the table cells next-obs MSE | reward MSE | missed terminations | false terminations."""
+    obs_dim = model.out_dim - 1
+    obs, act, rew, next_obs, terminated = usbpo.ReplayBuffer(1, obs_dim, len(model.input_mean) - obs_dim, "cpu").split(rows)
+    pred = model(torch.cat([obs, act], -1).expand(len(model.elites), -1, -1), model.elites)[0].mean(0)
     pred_next = obs + pred[:, 1:]
-    done, real = usbpo.get_termination_fn(args["env_id"])(obs, act, pred_next), terminated.bool()
+    done, real = usbpo.get_termination_fn(env_id)(obs, act, pred_next), terminated.bool()
     mse_obs, mse_rew = (pred_next - next_obs).square().mean(), (pred[:, 0] - rew).square().mean()
     wrong_alive, wrong_done = f"{(~done & real).sum()} of {real.sum()}", f"{(done & ~real).sum()} of {(~real).sum()}"
-    name = os.path.basename(os.path.normpath(run_dir))
-    print(f"| {name} | {ckpt['global_step']} | {mse_obs:.4f} | {mse_rew:.4f} | {wrong_alive} | {wrong_done} |")
+    return f"{mse_obs:.4f} | {mse_rew:.4f} | {wrong_alive} | {wrong_done}"
+
+
+def main():
+    data = checkpoint(sys.argv[1])
+    rows = real_rows(data)[-2000:]
+    print(f"data: the last 2000 real transitions of {sys.argv[1]} (step {data['global_step']})\n")
+    print(
+        "| run | step | next-obs MSE | reward MSE | predicted alive, really terminated | predicted terminated, really alive |"
+    )
+    print("|---|---|---|---|---|---|")
+    for run_dir in sys.argv[2:]:
+        ckpt = checkpoint(run_dir)
+        args, state = ckpt["args"], ckpt["model"]
+        obs_dim = state["max_logvar"].shape[-1] - 1
+        act_dim = state["input_mean"].shape[0] - obs_dim
+        model = usbpo.GaussianEnsemble(obs_dim, act_dim, args["ensemble_size"], args["num_elites"], args["model_hidden"])
+        model.load_state_dict(state)
+        name = os.path.basename(os.path.normpath(run_dir))
+        print(f"| {name} | {ckpt['global_step']} | {score(model, args['env_id'], rows)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -219,13 +219,12 @@ def main():
         last = min(curve(seeds)[0][-1] for seeds in runs.values())
         step = 1000 if last <= 10_000 else 5_000
         table(env, runs, [p for p in range(step, int(last) + 1, step)] or [int(last)], int(last))
+        has_cmlo = any(v.startswith("cmlo") for v in runs)
         if finetuned(runs):
             diagnostics(env, runs)
-        if any(v.startswith("cmlo") for v in runs):
+        if has_cmlo:
             cmlo(env, runs)
-        figures = (
-            [env] + [f"{env}_finetune"] * bool(finetuned(runs)) + [f"{env}_cmlo"] * any(v.startswith("cmlo") for v in runs)
-        )
+        figures = [env] + [f"{env}_finetune"] * bool(finetuned(runs)) + [f"{env}_cmlo"] * has_cmlo
         print("\nwrote " + ", ".join(f"results/{name}.png" for name in figures))
 
 
