@@ -161,7 +161,7 @@ def build_parser():
     a("--tau", type=FRACTION, default=5e-3, help="target network smoothing")
     a("--lr", type=POSITIVE, default=3e-4, help="Adam learning rate of actor, critics and temperature")
     a("--target-entropy", type=float, help="entropy target of the automatic temperature")
-    a("--compile", action="store_true", help="torch.compile the SAC update (pays off on GPU; on CPU the matmuls dominate)")
+    a("--compile", action="store_true", help="torch.compile the SAC update (helps on some GPUs only: README, Speed)")
     # run management
     a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
     a("--checkpoint-every", type=COUNT, default=5, help="epochs between resumable checkpoints (0: never)")
