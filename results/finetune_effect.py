@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from model_check import checkpoint, real_rows, score  # noqa: E402
+from model_check import checkpoint, dims, real_rows, score  # noqa: E402
 
 import usbpo  # noqa: E402
 
@@ -29,8 +29,7 @@ def main():
     ckpt = checkpoint(run)
     args = argparse.Namespace(**{**vars(usbpo.build_parser().parse_args([])), **ckpt["args"], "device": "cpu"})
     state = ckpt["model"]
-    obs_dim = state["max_logvar"].shape[-1] - 1
-    act_dim = state["input_mean"].shape[0] - obs_dim
+    obs_dim, act_dim = dims(state)
     real_buffer, model_buffer = usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu"), usbpo.ReplayBuffer(1, obs_dim, act_dim, "cpu")
     real_buffer.load_state_dict(ckpt["real_buffer"])
     model_buffer.load_state_dict(ckpt["model_buffer"])

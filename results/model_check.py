@@ -24,6 +24,12 @@ def checkpoint(run_dir):
     return torch.load(paths[0], weights_only=False)
 
 
+def dims(state):
+    """(obs_dim, act_dim) of a saved ensemble's state: outputs are [r, s' - s], inputs [s, a]."""
+    obs_dim = state["max_logvar"].shape[-1] - 1
+    return obs_dim, state["input_mean"].shape[0] - obs_dim
+
+
 def real_rows(ckpt):
     """The real buffer's rows, oldest first."""
     return ckpt["real_buffer"]["rows"] if isinstance(ckpt["real_buffer"], dict) else ckpt["real_buffer"]  # older checkpoints
@@ -32,8 +38,7 @@ def real_rows(ckpt):
 @torch.no_grad()
 def score(model, env_id, rows):
     """One model on real rows: the table cells next-obs MSE | reward MSE | missed terminations | false terminations."""
-    obs_dim = model.out_dim - 1
-    obs, act, rew, next_obs, terminated = usbpo.ReplayBuffer(1, obs_dim, len(model.input_mean) - obs_dim, "cpu").split(rows)
+    obs, act, rew, next_obs, terminated = usbpo.ReplayBuffer(1, *dims(model.state_dict()), "cpu").split(rows)
     pred = model(torch.cat([obs, act], -1).expand(len(model.elites), -1, -1), model.elites)[0].mean(0)
     pred_next = obs + pred[:, 1:]
     done, real = usbpo.get_termination_fn(env_id)(obs, act, pred_next), terminated.bool()
@@ -53,9 +58,7 @@ def main():
     for run_dir in sys.argv[2:]:
         ckpt = checkpoint(run_dir)
         args, state = ckpt["args"], ckpt["model"]
-        obs_dim = state["max_logvar"].shape[-1] - 1
-        act_dim = state["input_mean"].shape[0] - obs_dim
-        model = usbpo.GaussianEnsemble(obs_dim, act_dim, args["ensemble_size"], args["num_elites"], args["model_hidden"])
+        model = usbpo.GaussianEnsemble(*dims(state), args["ensemble_size"], args["num_elites"], args["model_hidden"])
         model.load_state_dict(state)
         name = os.path.basename(os.path.normpath(run_dir))
         print(f"| {name} | {ckpt['global_step']} | {score(model, args['env_id'], rows)} |")
