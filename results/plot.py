@@ -52,6 +52,31 @@ def finetuned(runs):
     return {v: seeds for v, seeds in runs.items() if v.startswith("usbpo")}
 
 
+TIMING = ("sps", "wall_time")  # the only columns two runs of the same decisions can differ in
+
+
+def twin(runs, variant, seed):
+    """The earlier variant whose run of this seed logged the same numbers in every column but the timings (e.g. CMLO
+    thresholds that took the same decisions), or None: their curves lie on top of each other, and the labels say so."""
+    run = runs[variant][seed]
+    for other in list(runs)[: list(runs).index(variant)]:
+        theirs = runs[other].get(seed)
+        same = theirs is not None and theirs.keys() == run.keys() and len(theirs["env_steps"]) == len(run["env_steps"])
+        if same and all(np.array_equal(theirs[k], run[k], equal_nan=True) for k in run if k not in TIMING):
+            return other
+    return None
+
+
+def label_of(runs, variant, seeds=None):
+    """The variant's label; with ' (= <other>)' when each of its seeds is a twin of the same other variant's."""
+    label = VARIANTS.get(variant, (variant,))[0]
+    twins = {twin(runs, variant, seed) for seed in seeds or runs[variant]}
+    if len(twins) != 1 or None in twins:
+        return label
+    other = twins.pop()
+    return f"{label} (= {VARIANTS.get(other, (other,))[0]})"
+
+
 def curve(seeds, column="eval_return"):
     """Steps common to all seeds and the [seed, step] matrix of a column."""
     n = min(len(run["env_steps"]) for run in seeds.values())
@@ -62,7 +87,7 @@ def curve(seeds, column="eval_return"):
 def plot_returns(env, runs):
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, seeds in runs.items():
-        label, color = VARIANTS.get(variant, (variant, None))
+        label, color = label_of(runs, variant), VARIANTS.get(variant, (variant, None))[1]
         steps, values = curve(seeds)
         ax.plot(steps, values.mean(0), color=color, label=f"{label}, {len(seeds)} seed" + "s" * (len(seeds) > 1))
         ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
@@ -121,7 +146,7 @@ def table(env, runs, points, last):
             cells.append(cell(values[:, hit[0]]) if len(hit) else "-")
         end = np.nonzero(steps == last)[0][0] + 1
         cells.append(cell(values[:, max(end - 5, 0) : end].mean(1)))
-        print(f"| {VARIANTS.get(variant, (variant,))[0]} | {len(seeds)} | " + " | ".join(cells) + " |")
+        print(f"| {label_of(runs, variant)} | {len(seeds)} | " + " | ".join(cells) + " |")
     solved_at = SOLVED.get(env.split("-")[0])  # the task's maximum return, near enough
     for variant, seeds in runs.items():
         solved = []
@@ -176,7 +201,7 @@ def cmlo(env, runs, model_train_freq=250):
                 gaps[variant, seed] = np.array([float(r["interval"]) for r in csv.DictReader(f) if r["interval"]])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (variant, seed), gap in gaps.items():
-        label, color = VARIANTS.get(variant, (variant, None))
+        label, color = label_of(runs, variant, [seed]), VARIANTS.get(variant, (variant, None))[1]
         name = f"{label}" + (f", seed {seed}" if len(variants[variant]) > 1 else "")
         axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, color=color, label=name)
         run = variants[variant][seed]
@@ -200,7 +225,7 @@ def cmlo(env, runs, model_train_freq=250):
     for (variant, seed), gap in gaps.items():
         last5 = variants[variant][seed]["eval_return"][-5:].mean()
         print(
-            f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {len(gap) + 1} | {np.median(gap):.0f} | {gap.mean():.0f} "
+            f"| {label_of(runs, variant, [seed])} | {seed} | {len(gap) + 1} | {np.median(gap):.0f} | {gap.mean():.0f} "
             f"| {gap.min():.0f}-{gap.max():.0f} | {(gap >= 500).sum()} | {last5:.0f} |"
         )
 
