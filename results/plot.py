@@ -204,15 +204,17 @@ def cmlo(env, runs, model_train_freq=250):
         label, color = label_of(runs, variant, [seed]), VARIANTS.get(variant, (variant, None))[1]
         name = f"{label}" + (f", seed {seed}" if len(variants[variant]) > 1 else "")
         axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, color=color, label=name)
-        run = variants[variant][seed]
-        per_1000 = run["model_trainings"] * 1000 / np.diff(run["env_steps"], prepend=0)
+        run = variants[variant][seed]  # trainings in the last 1000 steps (or epoch, if longer): short epochs are jagged
+        steps, total = np.concatenate([[0], run["env_steps"]]), np.concatenate([[0], np.cumsum(run["model_trainings"])])
+        back = np.searchsorted(steps, steps[1:] - 1000, side="left").clip(max=np.arange(len(steps) - 1))
+        per_1000 = (total[1:] - total[back]) * 1000 / (steps[1:] - steps[back])
         axes[1].plot(run["env_steps"], per_1000, "o-", ms=3, color=color, label=name)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].axvline(model_train_freq, color="tab:blue", ls="--", lw=1)
     axes[1].axhline(1000 / model_train_freq, color="tab:blue", ls="--", lw=1, label="MBPO, USB-PO (fixed)")
     axes[0].set(xlabel="env steps between two model trainings", ylabel="trainings", title="intervals (dashed: MBPO's 250)")
-    axes[1].set(xlabel="environment steps", ylabel="model trainings per 1000 steps", title="how often the model moves")
+    axes[1].set(xlabel="environment steps", ylabel="model trainings in the last 1000 steps", title="how often the model moves")
     axes[1].set_ylim(bottom=0)
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{env}: CMLO's event-triggered model updates (clamps: at least 150, at most 500 steps)")
