@@ -203,12 +203,13 @@ def cmlo(env, runs, model_train_freq=250):
     for (variant, seed), gap in gaps.items():
         label, color = label_of(runs, variant, [seed]), VARIANTS.get(variant, (variant, None))[1]
         name = f"{label}" + (f", seed {seed}" if len(variants[variant]) > 1 else "")
-        axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, color=color, label=name)
+        ls = ("-", "--", ":", "-.")[sorted(variants[variant]).index(seed) % 4]  # seeds of one variant: one colour
+        axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, ls=ls, color=color, label=name)
         run = variants[variant][seed]  # trainings in the last 1000 steps (or epoch, if longer): short epochs are jagged
         steps, total = np.concatenate([[0], run["env_steps"]]), np.concatenate([[0], np.cumsum(run["model_trainings"])])
         back = np.searchsorted(steps, steps[1:] - 1000, side="left").clip(max=np.arange(len(steps) - 1))
         per_1000 = (total[1:] - total[back]) * 1000 / (steps[1:] - steps[back])
-        axes[1].plot(run["env_steps"], per_1000, "o-", ms=3, color=color, label=name)
+        axes[1].plot(run["env_steps"], per_1000, marker="o", ls=ls, ms=3, color=color, label=name)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].axvline(model_train_freq, color="tab:blue", ls="--", lw=1)
