@@ -52,6 +52,14 @@ def finetuned(runs):
     return {v: seeds for v, seeds in runs.items() if v.startswith("usbpo")}
 
 
+def variant_name(variant):
+    return VARIANTS.get(variant, (variant, None))[0]
+
+
+def variant_colour(variant):
+    return VARIANTS.get(variant, (variant, None))[1]
+
+
 TIMING = ("sps", "wall_time")  # the only columns two runs of the same decisions can differ in
 
 
@@ -61,20 +69,18 @@ def twin(runs, variant, seed):
     run = runs[variant][seed]
     for other in list(runs)[: list(runs).index(variant)]:
         theirs = runs[other].get(seed)
-        same = theirs is not None and theirs.keys() == run.keys() and len(theirs["env_steps"]) == len(run["env_steps"])
-        if same and all(np.array_equal(theirs[k], run[k], equal_nan=True) for k in run if k not in TIMING):
+        if theirs is None or theirs.keys() != run.keys():
+            continue
+        if all(np.array_equal(theirs[k], run[k], equal_nan=True) for k in run if k not in TIMING):  # other lengths: False
             return other
     return None
 
 
 def label_of(runs, variant, seeds=None):
     """The variant's label; with ' (= <other>)' when each of its seeds is a twin of the same other variant's."""
-    label = VARIANTS.get(variant, (variant,))[0]
     twins = {twin(runs, variant, seed) for seed in seeds or runs[variant]}
-    if len(twins) != 1 or None in twins:
-        return label
-    other = twins.pop()
-    return f"{label} (= {VARIANTS.get(other, (other,))[0]})"
+    label = variant_name(variant)
+    return label if len(twins) != 1 or None in twins else f"{label} (= {variant_name(twins.pop())})"
 
 
 def curve(seeds, column="eval_return"):
@@ -87,7 +93,7 @@ def curve(seeds, column="eval_return"):
 def plot_returns(env, runs):
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, seeds in runs.items():
-        label, color = label_of(runs, variant), VARIANTS.get(variant, (variant, None))[1]
+        label, color = label_of(runs, variant), variant_colour(variant)
         steps, values = curve(seeds)
         ax.plot(steps, values.mean(0), color=color, label=f"{label}, {len(seeds)} seed" + "s" * (len(seeds) > 1))
         ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
@@ -105,7 +111,7 @@ def plot_finetune(env, runs):
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     axes = axes.ravel()
     for variant, seeds in runs.items():
-        label, color = VARIANTS.get(variant, (variant, None))
+        label, color = variant_name(variant), variant_colour(variant)
         for i, (seed, run) in enumerate(sorted(seeds.items())):
             steps, name = run["env_steps"], f"{label}" + (f", seed {seed}" if len(seeds) > 1 else "")
             for ax, (before, after) in zip(
@@ -154,7 +160,7 @@ def table(env, runs, points, last):
             hit = np.nonzero(run["eval_return"] >= solved_at)[0] if solved_at else []
             solved.append(f"seed {seed}: {int(run['env_steps'][hit[0]]) if len(hit) else 'not'}")
         if solved_at:
-            print(f"\n{VARIANTS.get(variant, (variant,))[0]}: first eval of return >= {solved_at:g} at " + ", ".join(solved))
+            print(f"\n{variant_name(variant)}: first eval of return >= {solved_at:g} at " + ", ".join(solved))
 
 
 def diagnostics(env, runs):
@@ -180,7 +186,7 @@ def diagnostics(env, runs):
             steps_kept = f"{np.median(run['finetune_steps_kept'][kept]):g}" if kept.any() else "-"  # whole steps (or a half)
             theirs = span(mbpo[seed]["holdout_mse_phase2"][-5:]) if seed in mbpo else "-"
             print(
-                f"| {VARIANTS.get(variant, (variant,))[0]} | {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
+                f"| {variant_name(variant)} | {seed} | {done.sum()} | {kept.sum()} | {steps_kept} "
                 f"| {med(run['shift_after'][kept] / run['shift_before'][kept])} "
                 f"| {med(run['bias_after'][kept] / run['bias_before'][kept])} "
                 f"| {med(run['holdout_mse_phase2'][kept] / run['holdout_mse_phase1'][kept])} "
@@ -201,7 +207,7 @@ def cmlo(env, runs, model_train_freq=250):
                 gaps[variant, seed] = np.array([float(r["interval"]) for r in csv.DictReader(f) if r["interval"]])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (variant, seed), gap in gaps.items():
-        label, color = label_of(runs, variant, [seed]), VARIANTS.get(variant, (variant, None))[1]
+        label, color = label_of(runs, variant, [seed]), variant_colour(variant)
         name = f"{label}" + (f", seed {seed}" if len(variants[variant]) > 1 else "")
         ls = ("-", "--", ":", "-.")[sorted(variants[variant]).index(seed) % 4]  # seeds of one variant: one colour
         axes[0].hist(gap, bins=np.arange(0, 525, 25), histtype="step", lw=1.5, ls=ls, color=color, label=name)
