@@ -133,7 +133,7 @@ def build_parser():
     a("--model-batch-size", type=POSITIVE_INT, default=256, help="minibatch per member in the maximum-likelihood training")
     a("--holdout-ratio", type=OPEN_FRACTION, default=0.2, help="fraction of the real data held out for early stopping")
     a("--max-holdout", type=POSITIVE_INT, default=5000, help="cap on the holdout size")
-    a("--model-patience", type=POSITIVE_INT, default=5, help="stop after this many epochs without a 1%% holdout improvement")
+    a("--model-patience", type=POSITIVE_INT, default=5, help="stop after more than this many epochs without a 1%% gain")
     a("--model-max-epochs", type=POSITIVE_INT, default=None, help="optional cap on the epochs of one model training")
     # USB fine-tune (phase 2)
     a("--no-finetune", action="store_true", help="skip phase 2: plain MBPO")
@@ -461,9 +461,9 @@ class GaussianEnsemble(nn.Module):
         self.ensemble_size = ensemble_size
 
     def fit_normaliser(self, x):
-        """Standardise each input by the data's mean and std; a constant input keeps std 1, as MBPO's scaler does
-        (InvertedDoublePendulum's constraint force is 0 until the cart first hits its rail, then 10)."""
-        std = x.std(0)
+        """Standardise each input by the data's mean and (population) std, as MBPO's StandardScaler: a constant input
+        keeps std 1 (InvertedDoublePendulum's constraint force is 0 until the cart first hits its rail, then 10)."""
+        std = x.std(0, correction=0)
         self.input_mean.copy_(x.mean(0))
         self.input_std.copy_(torch.where(std < 1e-12, 1.0, std))
 
@@ -524,25 +524,28 @@ def model_data(buffer, rows):
 
 
 def train_ensemble(model, optimizer, inputs, targets, args, progress=print_nothing):
-    """Phase 1: maximum-likelihood training with holdout early stopping (MBPO's recipe).
+    """Phase 1: maximum-likelihood training with holdout early stopping, as the authors' bnn.py (MBPO's code).
 
-    Each member sees its own bootstrap of the training split, reshuffled every epoch. A member's
-    weights are snapshot when its holdout MSE improves by more than 1% relative; training stops
-    after `model_patience` epochs in which no member improved; each member gets its best weights
-    back (the warm-start weights are the first snapshot, so a member never ends worse than it
-    started), and the elites are the members with the lowest holdout MSE.
+    The input scaler is fitted on the training split (after the holdout split, `union_train`). Each member sees its
+    own bootstrap of the training split, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
+    (`_start_train`), so the first epoch is always kept; after that a member's weights are snapshot when its holdout
+    MSE improves by more than 1% relative, and training stops once more than `model_patience` epochs have passed
+    without any member improving (`_save_best`: `>`). Each member gets its best weights back, and the elites are the
+    members with the lowest holdout MSE. (mbrl-lib instead counts the warm start as the first snapshot and stops at
+    `>=`: where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum trainings, that restores the old
+    model, never trained on the new data. To switch, start best_mse at the warm start's MSE and break at `>=`.)
     Returns the holdout split (for the fine-tune's validation set), the per-member MSE and the epochs run.
     """
     n = len(inputs)
     n_holdout = min(int(n * args.holdout_ratio), args.max_holdout)
     perm = torch.randperm(n, device=inputs.device)
     holdout, train = perm[:n_holdout], perm[n_holdout:]
-    model.fit_normaliser(inputs)
+    model.fit_normaliser(inputs[train])
     E, n_train = model.ensemble_size, len(train)
     bootstrap = train[torch.randint(n_train, (E, n_train), device=inputs.device)]
     member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]  # [E, ...] each
     best_params = [p.detach().clone() for p in member_params]
-    best_mse = model.mse(inputs[holdout], targets[holdout])  # the warm start is the first snapshot
+    best_mse = torch.full((E,), 1e10, device=inputs.device)
     epochs_since_update, epoch = 0, 0
     while True:
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
@@ -564,7 +567,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=print_nothi
             epochs_since_update = 0
         else:
             epochs_since_update += 1
-        if epochs_since_update >= args.model_patience or epoch == args.model_max_epochs:
+        if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():
         for best, p in zip(best_params, member_params):
