@@ -172,7 +172,7 @@ def test_constant_input_keeps_unit_scale():
     model = usbpo.GaussianEnsemble(2, 1, 3, 2, 8)
     x = torch.cat([torch.randn(100, 1), torch.zeros(100, 1), torch.randn(100, 1)], -1)
     model.fit_normaliser(x)
-    assert model.input_std[1] == 1.0 and model.input_std[0] == x[:, 0].std()
+    assert model.input_std[1] == 1.0 and np.isclose(model.input_std[0], np.std(x[:, 0].numpy()))  # NumPy's population std
     mean, _ = model(torch.tensor([[[0.0, 10.0, 0.0]]]).expand(3, 1, 3))
     assert mean.abs().max() < 1e3
 
@@ -200,6 +200,91 @@ def test_ensemble_training_lowers_holdout_mse_and_picks_elites():
     assert torch.all(mse < 0.5 * mse_before), (mse, mse_before)
     assert torch.allclose(mse, model.mse(inputs[holdout], targets[holdout]))
     assert sorted(model.elites.tolist()) == sorted(torch.argsort(mse)[:5].tolist())
+
+
+class ScriptedOptimizer:
+    """Stands in for Adam in train_ensemble: sets the weights only where a test says, at the first minibatch of the
+    listed epochs, so that which epochs improve the holdout MSE is known in advance."""
+
+    def __init__(self, model, steps_per_epoch, weights_at_epoch):
+        self.model, self.steps_per_epoch, self.weights_at_epoch, self.steps = model, steps_per_epoch, weights_at_epoch, 0
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self):
+        epoch, first = divmod(self.steps, self.steps_per_epoch)
+        self.steps += 1
+        if first == 0 and epoch + 1 in self.weights_at_epoch:
+            set_weights(self.model, self.weights_at_epoch[epoch + 1])
+
+
+def member_weights(model):
+    return [p.detach().clone() for layer in model.layers for p in (layer.weight, layer.bias)]
+
+
+@torch.no_grad()
+def set_weights(model, values):
+    for p, v in zip((p for layer in model.layers for p in (layer.weight, layer.bias)), values):
+        p.copy_(v)
+
+
+@pytest.fixture(scope="module")
+def warm_start():
+    """A model trained a little (the warm start) on InvertedPendulum data, the data, and weights worse for every member."""
+    torch.manual_seed(3)
+    buffer, obs_dim, act_dim = random_transitions("InvertedPendulum-v4", 1000)
+    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 32)
+    usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, tiny_args())
+    worse = [w + 0.3 * torch.randn_like(w) for w in member_weights(model)]
+    return model, inputs, targets, worse
+
+
+def scripted_training(warm_start, patience, weights_at_epoch):
+    """train_ensemble from the warm start, the weights set at the given epochs and never moved otherwise."""
+    model, inputs, targets, _ = copy.deepcopy(warm_start)
+    args = tiny_args("--model-patience", str(patience))
+    args.model_max_epochs = None
+    n_train = len(inputs) - min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
+    optim = ScriptedOptimizer(model, -(-n_train // args.model_batch_size), weights_at_epoch)
+    holdout, _, epochs = usbpo.train_ensemble(model, optim, inputs, targets, args)
+    return model, epochs, inputs[holdout], targets[holdout]
+
+
+def test_first_epoch_is_kept_even_when_worse_than_the_warm_start(warm_start):
+    """bnn.py's _start_train: every member's best holdout loss starts at 1e10, so the first epoch's weights are kept
+    (mbrl-lib would restore the warm start here, and the model would never have trained on the new data)."""
+    warm, worse = member_weights(warm_start[0]), warm_start[3]
+    model, epochs, x, y = scripted_training(warm_start, 5, {1: worse})
+    assert all(torch.equal(p, w) for p, w in zip(member_weights(model), worse))  # every member keeps its epoch-1 weights
+    set_weights(reference := copy.deepcopy(model), warm)
+    assert torch.all(model.mse(x, y) > reference.mse(x, y))  # though each is worse than its warm start
+    assert epochs == 1 + 5 + 1  # the first epoch, then more than 5 without a gain
+
+
+@pytest.mark.parametrize("patience", [1, 2, 5])
+def test_training_stops_after_patience_plus_one_epochs_without_improvement(warm_start, patience):
+    """bnn.py's _save_best: stop once epochs_since_update > max_epochs_since_update. Epoch 1 makes every member worse
+    (kept: the first snapshot), epoch 3 brings back the warm start (every member improves, the count resets), and no
+    later epoch moves the weights: training ends after epoch 3 + patience + 1, each member with epoch 3's weights."""
+    warm, worse = member_weights(warm_start[0]), warm_start[3]
+    model, epochs, _, _ = scripted_training(warm_start, patience, {1: worse, 3: warm})
+    assert epochs == 3 + patience + 1
+    assert all(torch.equal(p, w) for p, w in zip(member_weights(model), warm))
+
+
+def test_normaliser_is_fitted_on_the_training_split_only(warm_start):
+    """bnn.py's union_train fits the scaler after the holdout split, on the training rows, with NumPy's (population)
+    std: the holdout rows must not move it."""
+    model, inputs, targets, _ = copy.deepcopy(warm_start)
+    inputs[::7] *= 50.0  # rows far from the rest, some of which land in the holdout split
+    holdout, _, _ = usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, tiny_args())
+    x = np.delete(inputs.numpy(), holdout.numpy(), axis=0)
+    assert len(x) == 800
+    assert np.allclose(model.input_mean.numpy(), x.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.allclose(model.input_std.numpy(), x.std(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.input_std.numpy(), inputs.numpy().std(0), rtol=1e-2)  # all rows would give others
 
 
 def test_logvar_stays_within_bounds():
