@@ -1,26 +1,11 @@
-"""USB-PO: Unified model Shift and model Bias Policy Optimization (Zhang et al., NeurIPS 2023).
+"""USB-PO: Unified model Shift and model Bias Policy Optimization (Zhang et al., NeurIPS 2023), in the style of CleanRL.
 
-A one-file reference implementation in the style of CleanRL. Read it top to bottom:
-
-    1. configuration and per-environment presets
-    2. environments and termination functions
-    3. replay buffers
-    4. the Gaussian dynamics ensemble       (phase 1: maximum likelihood, as MBPO)
-    5. the USB fine-tune                    (phase 2: Eq. 3, W2 model shift + W2 model bias)
-    6. SAC
-    7. model rollouts
-    8. CMLO's update trigger                (the seed's baseline: when to retrain, not how)
-    9. the training loop                    (main: MBPO's steps, USB-PO's model update)
-   10. run management                       (logging, checkpoints)
-
-USB-PO is MBPO (Janner et al., 2019) with one extra step: after the ensemble M2 has been
-retrained by maximum likelihood, it is fine-tuned to minimise
-    W2(p_M1, p_M2) + W2(p_M2, p_M*)          (model shift + model bias)
-where M1 is the model before the update, and the fine-tuned weights are kept only while a
-validation estimate of that sum improves.
-
-    python usbpo.py --env-id Walker2d-v4                 # USB-PO
-    python usbpo.py --env-id Walker2d-v4 --no-finetune   # plain MBPO, same code path
+USB-PO is MBPO (Janner et al., 2019) with one more step: after the ensemble M2 is retrained by maximum likelihood
+(phase 1), it is fine-tuned (phase 2) to minimise W2(p_M1, p_M2) + W2(p_M2, p_M*) (model shift + model bias), M1 being
+the model before the update; the fine-tuned weights are kept only while a validation estimate of that sum improves.
+Sections, in reading order: 1 configuration, 2 environments, 3 replay buffers, 4 the ensemble (phase 1), 5 the USB
+fine-tune (phase 2), 6 SAC, 7 model rollouts, 8 CMLO's trigger (the seed's baseline), 9 the loop (main), 10 run
+management.   python usbpo.py --env-id Walker2d-v4 [--no-finetune: plain MBPO, same code path]
 """
 
 import argparse
@@ -37,17 +22,21 @@ import threading
 import time
 import warnings
 
+import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.spatial import ConvexHull
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 # ==== 1. Configuration ============================================================================
 
-# Per-environment settings of the authors' configs (identical to MBPO's). A flag given on the command line wins;
-# a flag left out takes the value here. rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout
-# length k grows linearly from k_start to k_end between those epochs. Last, what differs from COMMON_PRESET, such as
-# CMLO's threshold alpha and check interval C (from CMLO's configs; the pendulums have none).
+# Per-environment settings of the authors' configs (identical to MBPO's); a flag left out takes its value here.
+# rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout length k grows linearly between those
+# epochs. Last, what differs from COMMON_PRESET, such as CMLO's threshold alpha and check interval C (CMLO's configs).
 PRESET_FLAGS = "updates_per_step model_train_freq retain_epochs rollout_schedule target_entropy total_timesteps".split()
 # fmt: off
 PRESETS = {
@@ -62,23 +51,18 @@ PRESETS = {
 }
 # fmt: on
 COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
-# MBPO's observations: Ant without contact forces, Humanoid with qpos[2:] and qvel only.
-OBS_DIMS = {"Ant": 27, "Humanoid": 45}
+PRESETS = {
+    family: {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra} for family, (*values, extra) in PRESETS.items()
+}
+OBS_DIMS = {"Ant": 27, "Humanoid": 45}  # MBPO's observations: Ant without contact forces, Humanoid qpos[2:] and qvel
 SUPPORTED_VERSIONS = ("v4", "v5")
 
 
-def preset(family):
-    """The preset values of one environment family, by flag name."""
-    *values, extra = PRESETS[family]
-    return {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra}
-
-
-def flag_type(kind, ok, words):
-    """An argparse type: text -> kind, refused with one line ('must be <words>') unless ok(value)."""
+def checked(kind, ok, words):
+    """An argparse type: text -> kind, refused in one line ('must be <words>') unless ok(value)."""
 
     def parse(text):
-        value = kind(text)
-        if not ok(value):
+        if not ok(value := kind(text)):
             raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
         return value
 
@@ -86,39 +70,34 @@ def flag_type(kind, ok, words):
     return parse
 
 
-POSITIVE_INT, COUNT = flag_type(int, lambda v: v > 0, "positive"), flag_type(int, lambda v: v >= 0, "zero or positive")
-POSITIVE, NON_NEGATIVE = flag_type(float, lambda v: v > 0, "positive"), flag_type(float, lambda v: v >= 0, "zero or positive")
-FRACTION = flag_type(float, lambda v: 0 <= v <= 1, "in [0, 1]")
-OPEN_FRACTION = flag_type(float, lambda v: 0 < v < 1, "in (0, 1)")
-
-
-def boolean(text):
-    """CleanRL's boolean flag values: 1, true, yes, y, t or on (any case) is True, anything else False."""
-    return text.lower() in ("1", "true", "yes", "y", "t", "on")
+POSITIVE_INT, COUNT = checked(int, lambda v: v > 0, "positive"), checked(int, lambda v: v >= 0, "zero or positive")
+POSITIVE, NON_NEGATIVE = checked(float, lambda v: v > 0, "positive"), checked(float, lambda v: v >= 0, "zero or positive")
+FRACTION, OPEN_FRACTION = checked(float, lambda v: 0 <= v <= 1, "in [0, 1]"), checked(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each flag's default, and for a flag with a per-environment preset, the preset of each environment."""
+    """--help shows each flag's default or, for a flag with a per-environment preset, the preset of each environment."""
 
     def _get_help_string(self, action):
-        values = {family: preset(family).get(action.dest) for family in PRESETS}
-        if action.default is not None or all(v is None for v in values.values()):
-            return super()._get_help_string(action) if action.default is not None else action.help
+        if action.default is not None:
+            return super()._get_help_string(action)
         by_value = {}
-        for family, value in values.items():
-            by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
-        return f"{action.help} (preset: " + "; ".join(f"{v} for {', '.join(f)}" for v, f in by_value.items()) + ")"
+        for family in PRESETS:
+            if (value := PRESETS[family].get(action.dest)) is not None:
+                by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
+        presets = "; ".join(f"{value} for {', '.join(families)}" for value, families in by_value.items())
+        return f"{action.help} (preset: {presets})" if by_value else action.help
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
-    a = p.add_argument
+    a, cleanrl_bool = p.add_argument, lambda text: text.lower() in ("1", "true", "yes", "y", "t", "on")
     a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5; its preset fills the flags left out")
     a("--exp-name", default=None, help="name of the run (default: usbpo, usbpo_authors, or mbpo with --no-finetune)")
     a("--seed", type=COUNT, default=1, help="seed of random, numpy, torch and the environments")
     a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    a("--torch-deterministic", type=boolean, nargs="?", const=True, default=True, help="torch.backends.cudnn.deterministic")
+    a("--torch-deterministic", type=cleanrl_bool, nargs="?", const=True, default=True, help="cudnn.deterministic")
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
     a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training")
@@ -176,87 +155,69 @@ def build_parser():
     return p
 
 
-def print_nothing(text):
-    """The default progress report of the model phases (the run's Logger.phase shows them)."""
-
-
 def fail(message):
     """End the program with one line that says what to do, and a non-zero exit code."""
     raise SystemExit(f"usbpo: error: {message}")
 
 
-class NonFinite(Exception):
-    """A NaN or infinite loss or prediction: the run stops (main names the step) before it reaches a checkpoint."""
-
-
-def check_finite(value, phase):
+def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the step) before it reaches a checkpoint
     if not torch.isfinite(value).all():
-        raise NonFinite(phase)
+        raise FloatingPointError(phase)
 
 
 def env_family(env_id):
     family, _, version = env_id.rpartition("-")
     if family not in PRESETS or version not in SUPPORTED_VERSIONS:
-        supported = ", ".join(f"{f}-v4/-v5" for f in PRESETS)
-        fail(f"unsupported environment '{env_id}'; choose one of: {supported}")
+        fail(f"unsupported environment '{env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
     return family
 
 
 def parse_args(argv=None):
-    """The flags, with the preset of the chosen environment filled in where a flag was left out, checked; and the
-    checkpoint to continue from (None for a new run)."""
+    """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
+    from its environment's preset. --resume RUN continues with the run's saved flags: a flag given must agree, except
+    --no-progress and --total-timesteps N, which extends the run (the budget only sizes the real buffer, which never
+    wraps, so the run goes on as one started with N steps would)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume or args.evaluate:
-        return resume_args(parser, argv, args.resume) if args.resume else (args, None)
-    args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-    defaults = preset(env_family(args.env_id))
-    if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
-        fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
-    for key, value in defaults.items():
-        if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
-            setattr(args, key, value)
-    args.rollout_schedule = tuple(args.rollout_schedule)
-    if args.cmlo and args.finetune_objective != "w2":
-        fail("CMLO mode has no fine-tune, so --finetune-objective does not apply: drop one of them")
-    args.no_finetune = args.no_finetune or args.cmlo  # CMLO changes when the model moves, not how: phase 1 only
-    if args.exp_name is None:
+    args, checkpoint = parser.parse_args(argv), None
+    if args.evaluate:
+        return args, None
+    if args.resume:
+        if not os.path.isfile(path := os.path.join(args.resume, "checkpoint.pt")):
+            fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
+            fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:  # no compatibility branches: no release has been made
+            fail(f"{path} was written by an older usbpo.py, which this one cannot continue; start the run again")
+        saved, step = checkpoint["args"], checkpoint["global_step"]
+        for action in parser._actions:  # parse again, keeping only the flags actually given
+            action.default = argparse.SUPPRESS
+        for key, value in (given := vars(parser.parse_args(argv))).items():
+            value = tuple(value) if isinstance(value, list) else value
+            if key not in ("resume", "total_timesteps", "no_progress") and value != saved.get(key):
+                only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
+                fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}: {only}")
+        defaults = vars(build_parser().parse_args([]))  # flags newer than the checkpoint: their defaults
+        args = argparse.Namespace(**{**defaults, **saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
+        if args.total_timesteps < step:
+            fail(f"--total-timesteps {args.total_timesteps} is below the {step} steps the run has made")
+        if args.total_timesteps == step:  # not an error: a script may resume whatever it finds
+            print(f"usbpo: the run in {args.resume} is finished ({step} steps); --total-timesteps N extends it")
+            raise SystemExit(0)
+    else:
+        args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
+        if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in PRESETS[env_family(args.env_id)]:
+            fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
+        for key, value in PRESETS[env_family(args.env_id)].items():
+            if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
+                setattr(args, key, value)
+        args.rollout_schedule = tuple(args.rollout_schedule)
+        if args.cmlo and args.finetune_objective != "w2":
+            fail("CMLO mode has no fine-tune, so --finetune-objective does not apply: drop one of them")
+        args.no_finetune = args.no_finetune or args.cmlo  # CMLO changes when the model moves, not how: phase 1 only
         usbpo = "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
-        args.exp_name = "cmlo" if args.cmlo else "mbpo" if args.no_finetune else usbpo
-    check_args(args)
-    args.device = resolve_device(args.device)
-    return args, None
-
-
-def resume_args(parser, argv, run_dir):
-    """--resume RUN continues the run with its saved configuration; --total-timesteps N extends it to N steps (the
-    budget only sizes the real buffer, which never wraps, so the run goes on as one started with N steps would).
-    Any other flag given must agree with the saved one; --no-progress may change."""
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:  # no compatibility branches: no release has been made
-        fail(f"{run_dir}/checkpoint.pt was written by an older usbpo.py, which this one cannot continue; start the run again")
-    saved = checkpoint["args"]
-    for action in parser._actions:  # parse again, keeping only the flags actually given
-        action.default = argparse.SUPPRESS
-    given = vars(parser.parse_args(argv))
-    for key, value in given.items():
-        value = resolve_device(value) if key == "device" else tuple(value) if isinstance(value, list) else value
-        if key not in ("resume", "total_timesteps", "no_progress") and value != saved.get(key):
-            only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
-            fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}: {only}")
-    defaults = vars(build_parser().parse_args([]))  # flags newer than the checkpoint: their defaults
-    args = argparse.Namespace(**{**defaults, **saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
-    if args.total_timesteps < checkpoint["global_step"]:
-        fail(f"--total-timesteps {args.total_timesteps} is below the {checkpoint['global_step']} steps the run has made")
-    if args.total_timesteps == checkpoint["global_step"]:  # not an error: a script may resume whatever it finds
-        print(f"usbpo: the run in {run_dir} is finished ({args.total_timesteps} steps); --total-timesteps N extends it")
-        raise SystemExit(0)
-    check_args(args)
-    return args, checkpoint
-
-
-def check_args(args):
-    """The checks between flags (each flag's own range is checked by its argparse type)."""
+        args.exp_name = args.exp_name or ("cmlo" if args.cmlo else "mbpo" if args.no_finetune else usbpo)
     if args.learning_starts > args.total_timesteps:
         fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); train longer")
     if args.learning_starts < 10:
@@ -267,39 +228,20 @@ def check_args(args):
         fail("--finetune-objective chooses the fine-tune's loss, and --no-finetune skips the fine-tune: drop one")
     if args.ensemble_size < 2 and not args.no_finetune:
         fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
-    e0, e1, k0, k1 = args.rollout_schedule
-    if min(k0, k1) < 1 or e1 < e0:
+    if min(args.rollout_schedule[2:]) < 1 or args.rollout_schedule[1] < args.rollout_schedule[0]:
         fail(f"--rollout-schedule needs E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
-
-
-def seed_and_threads(args):
-    """Seed Python, NumPy and torch, set torch's CPU threads and cuDNN's determinism (CleanRL's flag); the device."""
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    return torch.device(args.device)
-
-
-def resolve_device(name):
-    """'auto' -> cuda when torch sees a GPU, else cpu; any other name is checked."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        fail(f"--device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
-    if name != "cpu" and int(name[5:] or 0) >= torch.cuda.device_count():
-        fail(f"--device {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s); use --device cpu or auto")
-    return name
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        fail(f"--device '{args.device}' is not supported; use auto, cpu, cuda or cuda:N")
+    if args.device != "cpu" and int(args.device[5:] or 0) >= torch.cuda.device_count():
+        fail(f"--device {args.device} asked for, but torch sees {torch.cuda.device_count()} GPU(s); use --device cpu or auto")
+    return args, checkpoint
 
 
 # ==== 2. Environments and termination functions ===================================================
-
-
 def make_env(env_id, seed, render=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics (rendering frames if render)."""
-    import gymnasium as gym
-
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
@@ -319,8 +261,6 @@ def make_env(env_id, seed, render=False):
 def record_video(env, folder, every_episode=False):
     """Videos of the episodes of a rendering env (gymnasium's RecordVideo, MP4 through moviepy): every episode, or,
     as CleanRL, episodes 0, 1, 8, 27, ..., 1000 and every 1000th. Headless machines render with MUJOCO_GL=egl."""
-    import gymnasium as gym
-
     try:
         env.render()  # fail now, not at the first evaluation
     except Exception as e:  # no display, no EGL/OSMesa: MuJoCo's GL backends raise various errors
@@ -359,18 +299,20 @@ def get_termination_fn(env_id):
 
 
 # ==== 3. Replay buffers ===========================================================================
-
-
 class ReplayBuffer:
-    """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated].
-
-    One flat tensor makes a whole env step's minibatches a single indexing op, and resizing a copy.
-    """
+    """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated]: a whole
+    env step's minibatches are one indexing op, and a resize one copy."""
 
     def __init__(self, capacity, obs_dim, act_dim, device):
-        self.widths = (obs_dim, act_dim, 1, obs_dim, 1)
-        self.data = torch.zeros(capacity, sum(self.widths), device=device)
-        self.ptr, self.size = 0, 0
+        self.widths, self.ptr, self.size = (obs_dim, act_dim, 1, obs_dim, 1), 0, 0
+        self.data = self.allocate(capacity, device)
+
+    def allocate(self, capacity, device):
+        try:  # a buffer too large for the device's memory fails here, in one line (at the start: before the run folder)
+            return torch.zeros(capacity, sum(self.widths), device=device)
+        except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
+            lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
+            fail(f"the replay buffers need {4 * capacity * sum(self.widths) / 2**30:.1f} GiB more than {device} has; {lower}")
 
     @property
     def capacity(self):
@@ -383,48 +325,37 @@ class ReplayBuffer:
         self.ptr = (self.ptr + len(rows)) % self.capacity
         self.size = min(self.size + len(rows), self.capacity)
 
-    def rows(self):
-        """All stored rows, oldest first."""
-        if self.size < self.capacity:
-            return self.data[: self.size]
-        return torch.cat([self.data[self.ptr :], self.data[: self.ptr]])
+    def rows(self):  # oldest first
+        full = self.size == self.capacity
+        return torch.cat([self.data[self.ptr :], self.data[: self.ptr]]) if full else self.data[: self.size]
 
-    def resize(self, capacity):
-        """New capacity, keeping the newest rows (MBPO reallocates its model pool this way)."""
-        if capacity != self.capacity:
-            kept = self.rows()[-capacity:]
-            self.data = torch.zeros(capacity, self.data.shape[1], device=self.data.device)
-            self.load(kept)
-
-    def load(self, rows, ptr=0):
-        """Replace the contents with rows, oldest first (e.g. from a checkpoint). A full buffer is laid out
-        with the next write at ptr, as it was when saved: sampling indexes the raw layout."""
+    def resize(self, capacity, rows=None, ptr=0):
+        """New capacity, keeping the newest rows (MBPO reallocates its model pool this way), or holding the given rows,
+        oldest first (from a checkpoint): a full buffer is laid out with the next write at ptr, as it was when saved."""
+        if rows is None and capacity == self.capacity:
+            return
+        rows = self.rows()[-capacity:] if rows is None else rows
+        self.data = self.allocate(capacity, self.data.device) if capacity != self.capacity else self.data
         self.ptr, self.size = 0, 0
         self.add(rows)
-        if self.size == self.capacity and ptr:
+        if self.size == self.capacity and ptr:  # sampling indexes the raw layout
             self.data, self.ptr = self.data.roll(ptr, 0), ptr
 
     def state_dict(self):
         return dict(rows=self.rows().cpu(), capacity=self.capacity, ptr=self.ptr)
 
-    def load_state_dict(self, state, capacity=None):
-        """The saved rows and layout, in the saved capacity or the one given (a larger one to extend a run)."""
-        self.resize(capacity or state["capacity"])
-        self.load(state["rows"].to(self.data.device), state["ptr"])
+    def load_state_dict(self, state, capacity=None):  # capacity: a larger one extends a run
+        self.resize(capacity or state["capacity"], state["rows"].to(self.data.device), state["ptr"])
 
-    def sample(self, *shape):
-        """Rows drawn uniformly with replacement, in an array of the given shape: [*shape, row]."""
+    def sample(self, *shape):  # rows drawn uniformly with replacement: [*shape, row]
         return self.data[torch.randint(self.size, shape, device=self.data.device)]
 
-    def split(self, rows):
-        """(obs, act, rew, next_obs, terminated) views of rows, rew and terminated without the last axis."""
+    def split(self, rows):  # (obs, act, rew, next_obs, terminated) views of rows
         obs, act, rew, next_obs, term = rows.split(self.widths, dim=-1)
         return obs, act, rew.squeeze(-1), next_obs, term.squeeze(-1)
 
 
 # ==== 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO) ====================
-
-
 class EnsembleLinear(nn.Module):
     """E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]."""
 
@@ -434,10 +365,9 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(ensemble_size, n_in, n_out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, n_out).uniform_(-bound, bound))
 
-    def forward(self, x, members=None):
-        if members is None:
-            return torch.baddbmm(self.bias, x, self.weight)
-        return torch.baddbmm(self.bias[members], x, self.weight[members])
+    def forward(self, x, members=None):  # members: a subset of the ensemble, by index
+        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        return torch.baddbmm(bias, x, weight)
 
 
 class GaussianEnsemble(nn.Module):
@@ -486,7 +416,7 @@ class GaussianEnsemble(nn.Module):
 
     @torch.no_grad()
     def mse(self, x, y):
-        """Per-member MSE of the mean prediction on a shared batch x [B, in], y [B, out] -> [E]."""
+        """Per-member MSE of the mean on a shared batch x [B, in], y [B, out] -> [E]."""
         mean, _ = self(x.expand(self.ensemble_size, *x.shape))
         return (mean - y).square().mean(dim=(1, 2))
 
@@ -500,11 +430,8 @@ class GaussianEnsemble(nn.Module):
 
     @torch.no_grad()
     def step(self, obs, act):
-        """Sample (reward, next_obs) for a batch, each sample from one elite.
-
-        Samples are dealt at random to the elites in equal shares, so each row runs through one
-        member only (not all E, as MBPO's code does before picking one).
-        """
+        """Sample (reward, next_obs) for a batch, each row from one elite: rows are dealt at random to the elites in
+        equal shares, so each runs through one member only (not all E, as MBPO's code does before picking one)."""
         n, n_elites = len(obs), len(self.elites)
         per_member = -(-n // n_elites)
         perm = torch.randperm(n, device=obs.device)
@@ -523,22 +450,19 @@ def model_data(buffer, rows):
     return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
 
 
-def train_ensemble(model, optimizer, inputs, targets, args, progress=print_nothing):
-    """Phase 1: maximum-likelihood training with holdout early stopping, as the authors' bnn.py (MBPO's code).
+def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text: None):
+    """Phase 1: maximum likelihood with holdout early stopping, as the authors' bnn.py (MBPO's code) does it.
 
-    The input scaler is fitted on the training split (after the holdout split, `union_train`). Each member sees its
-    own bootstrap of the training split, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
-    (`_start_train`), so the first epoch is always kept; after that a member's weights are snapshot when its holdout
-    MSE improves by more than 1% relative, and training stops once more than `model_patience` epochs have passed
-    without any member improving (`_save_best`: `>`). Each member gets its best weights back, and the elites are the
-    members with the lowest holdout MSE. (mbrl-lib instead counts the warm start as the first snapshot and stops at
-    `>=`: where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum trainings, that restores the old
-    model, never trained on the new data. To switch, start best_mse at the warm start's MSE and break at `>=`.)
-    Returns the holdout split (for the fine-tune's validation set), the per-member MSE and the epochs run.
-    """
-    n = len(inputs)
-    n_holdout = min(int(n * args.holdout_ratio), args.max_holdout)
-    perm = torch.randperm(n, device=inputs.device)
+    The input scaler is fitted on the training split (`union_train`); each member trains on its own bootstrap of it,
+    reshuffled every epoch. Every member's best holdout MSE starts at 1e10 (`_start_train`), so the first epoch is
+    always kept; then a member's weights are saved when its holdout MSE improves by more than 1% relative, and training
+    stops once more than `model_patience` epochs have passed without any member improving (`_save_best`: `>`). Each
+    member gets its best weights back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the
+    first snapshot and stops at `>=`: where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum
+    trainings, that restores the old model. To switch: best_mse = the warm start's MSE, and `>=`.)
+    Returns the holdout split (the fine-tune's validation set), the per-member holdout MSE and the epochs run."""
+    n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
+    perm = torch.randperm(len(inputs), device=inputs.device)
     holdout, train = perm[:n_holdout], perm[n_holdout:]
     model.fit_normaliser(inputs[train])
     E, n_train = model.ensemble_size, len(train)
@@ -560,89 +484,61 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=print_nothi
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
-        if improved.any():  # snapshot the improved members only
-            for best, p in zip(best_params, member_params):
-                best[improved] = p.detach()[improved]
-            best_mse = torch.where(improved, mse, best_mse)
-            epochs_since_update = 0
-        else:
-            epochs_since_update += 1
+        for best, p in zip(best_params, member_params):  # snapshot the improved members only
+            best[improved] = p.detach()[improved]
+        best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
         if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():
         for best, p in zip(best_params, member_params):
             p.copy_(best)
-    pick_elites(model, best_mse)
+    model.elites.copy_(torch.argsort(best_mse)[: len(model.elites)])
     return holdout, best_mse, epoch
 
 
-def pick_elites(model, holdout_mse):
-    model.elites.copy_(torch.argsort(holdout_mse)[: len(model.elites)])
-
-
 # ==== 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*) ==============
-
-
 def w2_gaussian(mu1, std1, mu2, std2):
-    """Second-order Wasserstein distance between diagonal Gaussians, per sample (last axis = dimension).
-
-        W2(N(mu1, diag std1^2), N(mu2, diag std2^2))^2 = ||mu1 - mu2||^2 + ||std1 - std2||^2
-
-    The square root is guarded so that identical inputs give exactly 0 with a zero (not NaN) gradient.
-    """
+    """W2 between diagonal Gaussians, per sample (last axis = dimension): ||mu1 - mu2||^2 + ||std1 - std2||^2, squared."""
     return safe_sqrt((mu1 - mu2).square().sum(-1) + (std1 - std2).square().sum(-1))
 
 
 def safe_sqrt(sq):
-    """sqrt that is exactly 0 at 0 with a zero (not NaN) gradient."""
+    """sqrt that is exactly 0 at 0 with a zero (not NaN) gradient: identical models give W2 = 0 and gradient 0."""
     positive = sq > 0
     return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
 
 
-def model_shift(mean1, std1, mean2, std2):
-    """W2(p_M1, p_M2): each member of M2 against the same member of M1, averaged over members and batch.
-
-    Pairing members by index is a valid coupling, so this upper-bounds the W2 between the mixtures.
-    """
-    return w2_gaussian(mean1, std1, mean2, std2).mean()
-
-
 def model_bias(mean, std):
     """W2(p_M2, p_M*), with the disagreement of distinct members i != j standing in for the unknown truth."""
-    E = mean.shape[0]
     pairwise = w2_gaussian(mean[:, None], std[:, None], mean[None, :], std[None, :])  # [E, E, B]
-    off_diagonal = ~torch.eye(E, dtype=torch.bool, device=mean.device)
-    return pairwise[off_diagonal].mean()
+    return pairwise[~torch.eye(len(mean), dtype=torch.bool, device=mean.device)].mean()
 
 
 def predict(model, x, layers=None):
-    """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each.
-
-    layers: other weights for model.layers (e.g. M1's), run with this model's normaliser and log-variance bounds.
-    """
+    """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each. layers: other
+    weights for model.layers (e.g. M1's), run with this model's normaliser and log-variance bounds."""
     x = x.expand(model.ensemble_size, *x.shape)
     mean, logvar = model(x) if layers is None else torch.func.functional_call(model, layers, (x,))
     return mean, torch.exp(0.5 * logvar)
 
 
 def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
-    """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in].
-
+    """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in]. The shift
+    pairs each member of M2 with the same member of M1: a valid coupling, so an upper bound on the mixtures' W2.
     prev_pred: M1's (mean, std) on x when already known (M1 is frozen, so on a fixed batch it is computed once).
     """
     if prev_pred is None:
         with torch.no_grad():
             prev_pred = predict(prev_model, x)
     mean2, std2 = predict(model, x)
-    shift, bias = model_shift(*prev_pred, mean2, std2), model_bias(mean2, std2)
+    shift, bias = w2_gaussian(*prev_pred, mean2, std2).mean(), model_bias(mean2, std2)
     return shift_coef * shift + bias_coef * bias, shift, bias
 
 
 def authors_objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
-    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`).
-
-    Transcribed from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization
-    (union_loss l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), quirks included:
+    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`), transcribed from
+    mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization (union_loss
+    l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), quirks included:
       - M1 is their "backoff" network: the weights from before this model training (m1_layers), but run with the
         current input normaliser (the shared scaler is refitted at l. 462, before the old weights are copied at
         l. 485) and the current log-variance bounds, which are shared and trainable, so the loss's gradient also
@@ -668,13 +564,10 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
 
 
 def compute_emd(mu1, sd1, mu2, sd2):
-    """The authors' compute_EMD on [..., B, D] arrays: ONE square root of a sum over the whole batch,
-
-        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) )
-
-    where tf.trace of a [B, D] array sums only its entries (k, k), k < min(B, D): of the variance term, one
-    dimension of each of the first D rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)
-    """
+    """The authors' compute_EMD on [..., B, D] arrays, ONE square root of a sum over the whole batch:
+        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) ),
+    where tf.trace of a [B, D] array sums only its entries (k, k), k < min(B, D): of the variance term, one dimension
+    of each of the first D rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)"""
     part1 = (mu1 - mu2).square().sum((-2, -1))
     part2 = torch.diagonal(sd1.square() + sd2.square() - 2 * (sd1 * sd2.square() * sd1).sqrt(), dim1=-2, dim2=-1).sum(-1)
     return safe_sqrt(part1 + part2)
@@ -690,41 +583,33 @@ def authors_finetune_state(args, model):
     return argparse.Namespace(p=p, q=q, optimizer=torch.optim.Adam(model.parameters(), lr=args.finetune_lr))
 
 
-def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=print_nothing):
-    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set.
-
-    The phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome.
-    authors: the run's authors_finetune_state to follow the authors' code instead: their objective, their Adam
-    kept across trainings, their stopping rule (more than `patience` steps without improvement, l. 343) and their
-    snapshots of the layers only, so that the log-variance bounds keep their last values (l. 261-276, 330).
-    Returns the validation objective, shift and bias before and after, and the steps kept.
-    """
+def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
+    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set; the
+    phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's
+    authors_finetune_state, to follow the authors' code instead: their objective, their Adam kept across trainings,
+    their stopping rule (more than `patience` steps without improvement, l. 343) and their snapshots of the layers
+    only, so that the log-variance bounds keep their last values (l. 261-276, 330).
+    Returns the validation objective, shift and bias before and after, and the steps kept."""
+    m1_layers, val_prev = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}, None
     if authors is None:
         with torch.no_grad():
             val_prev = predict(prev_model, val_inputs)  # M1 is frozen: on the fixed validation set, computed once
 
-        def objective(x, prev_pred=None):
+    def objective(x, prev_pred=None):
+        if authors is None:
             return usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef, prev_pred)
-
-        optimizer, patience, snapshot_keys = None, args.finetune_patience, None
-    else:
-        val_prev, m1_layers = None, {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
-
-        def objective(x, prev_pred=None):
-            return authors_objective(model, m1_layers, x, args.shift_coef, args.bias_coef, authors.p, authors.q)
-
-        optimizer, patience, snapshot_keys = authors.optimizer, args.finetune_patience + 1, tuple(m1_layers)
+        return authors_objective(model, m1_layers, x, args.shift_coef, args.bias_coef, authors.p, authors.q)
 
     def validate():
         with torch.no_grad():
             return [v.item() for v in objective(val_inputs, val_prev)]
 
     def snapshot():
-        return {k: v.clone() for k, v in model.state_dict().items() if snapshot_keys is None or k in snapshot_keys}
+        return {k: v.clone() for k, v in model.state_dict().items() if authors is None or k in m1_layers}
 
     before = validate()
     best_loss, best_state, steps_kept, since_best = before[0], snapshot(), 0, 0
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
+    optimizer = authors.optimizer if authors else torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
     for step in range(1, args.finetune_steps + 1):
         x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
         loss, _, _ = objective(x)
@@ -734,13 +619,11 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         val_loss = validate()[0]
         progress(f"phase 2 (fine-tune): step {step}/{args.finetune_steps}, objective {val_loss:.4g}")
         if not math.isfinite(val_loss):
-            raise NonFinite("phase 2 (fine-tune)")
+            raise FloatingPointError("phase 2 (fine-tune)")
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
             best_loss, best_state, steps_kept, since_best = val_loss, snapshot(), step, 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                break
+        elif (since_best := since_best + 1) >= args.finetune_patience + (authors is not None):
+            break
     model.load_state_dict(best_state, strict=False)
     after = validate()
     names = [f"{name}_{when}" for when in ("before", "after") for name in ("objective", "shift", "bias")]
@@ -782,15 +665,11 @@ class TwinQ(nn.Module):
 
     def __init__(self, obs_dim, act_dim):
         super().__init__()
-        self.layers = nn.ModuleList(
-            [EnsembleLinear(2, obs_dim + act_dim, 256), EnsembleLinear(2, 256, 256), EnsembleLinear(2, 256, 1)]
-        )
+        self.layers = nn.ModuleList(EnsembleLinear(2, i, o) for i, o in [(obs_dim + act_dim, 256), (256, 256), (256, 1)])
 
     def forward(self, obs, act):
-        x = torch.cat([obs, act], dim=-1).expand(2, len(obs), -1)
-        x = F.relu(self.layers[0](x))
-        x = F.relu(self.layers[1](x))
-        return self.layers[2](x).squeeze(-1)
+        x = F.relu(self.layers[0](torch.cat([obs, act], dim=-1).expand(2, len(obs), -1)))
+        return self.layers[2](F.relu(self.layers[1](x))).squeeze(-1)
 
 
 class SAC(nn.Module):
@@ -831,15 +710,12 @@ class SAC(nn.Module):
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.qf_target.parameters()), list(self.qf.parameters()), self.tau)
-        qf1_loss, qf2_loss = critic_losses.detach()
-        losses = dict(qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=(qf1_loss + qf2_loss) / 2, alpha=alpha)  # CleanRL's keys
-        q1, q2 = q.detach().mean(1)
-        return dict(losses, qf1_values=q1, qf2_values=q2, actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach())
+        (qf1_loss, qf2_loss), (q1, q2) = critic_losses.detach(), q.detach().mean(1)
+        return dict(qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=(qf1_loss + qf2_loss) / 2, alpha=alpha, qf1_values=q1,
+                    qf2_values=q2, actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach())  # fmt: skip
 
 
 # ==== 7. Model rollouts ===========================================================================
-
-
 def rollout_length(epoch, schedule):
     """k from the schedule [epoch_start, epoch_end, k_start, k_end], linear in between (MBPO, truncated to int)."""
     e0, e1, k0, k1 = schedule
@@ -854,10 +730,8 @@ def model_buffer_capacity(args, k):
 
 @torch.no_grad()
 def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
-    """Branch k-step rollouts of the stochastic policy in the model from real start states.
-
-    Every transition is stored; a rollout that terminates is not continued.
-    """
+    """Branch k-step rollouts of the stochastic policy in the model from real start states; every transition is stored,
+    and a rollout that terminates is not continued."""
     obs = start_obs
     for _ in range(k):
         act, _ = actor(obs)
@@ -870,20 +744,25 @@ def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
             break
 
 
+def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
+    """Refill the model buffer: rollout_batch_size real start states, k steps each (k from the schedule)."""
+    k = rollout_length(epoch, args.rollout_schedule)
+    model_buffer.resize(model_buffer_capacity(args, k))
+    start = real_buffer.sample(args.rollout_batch_size)
+    rollout(model, actor, termination_fn, real_buffer.split(start)[0], k, model_buffer)
+    return dict(rollout_length=k, model_buffer_size=model_buffer.size)
+
+
 # ==== 8. CMLO's update trigger (Ji et al., NeurIPS 2022): the seed's fixed-threshold baseline =====
-
-
 class CMLOTrigger:
     """When CMLO retrains the model, from its official code (cat-mbrl-lib/mbrl/algorithms/cmlo.py, l. 216-359).
-
     After the first model training, every env step adds the elites' one-step error on the real transition,
         e = mean over elites of ||s'_hat - s'||_2  (one stochastic sample each, observation only),
     to S_err, counts n and keeps e_bar = S_err / n. Every C steps, V = the volume of the convex hull of 1000 real
     observations (drawn with replacement) projected on their first 3 principal components; from the second V on,
         S_ev += log(1 + (V / V_prev) * e_bar).
     The model is retrained when, at such a step, two ratios have been counted in the run, n >= 150 and S_ev > alpha,
-    or whenever n >= 500; a training resets S_ev, S_err and n.
-    """
+    or whenever n >= 500; a training resets S_ev, S_err and n."""
 
     def __init__(self, alpha, check_every, lower=150, upper=500):
         self.alpha, self.check_every, self.lower, self.upper = alpha, check_every, lower, upper
@@ -891,8 +770,7 @@ class CMLOTrigger:
         self.last_s_ev, self.last_interval = math.nan, math.nan  # at the last trigger: what Figure 1 is about
 
     def step(self, step, error=None, volume=None):
-        """One env step: error (after the first training) and, every check_every steps, the hull volume.
-        Returns whether to retrain the model now."""
+        """One env step: error (after the first training), every check_every steps the hull volume; retrain now?"""
         if error is not None:
             self.s_err, self.n = self.s_err + error, self.n + 1
             self.e_bar = self.s_err / self.n
@@ -909,6 +787,22 @@ class CMLOTrigger:
             return True
         return False
 
+    @torch.no_grad()
+    def observe(self, model, real_buffer, row, step, learning_starts):
+        """Feed the trigger one env step, the stored real transition row [1, row]; returns whether to retrain now."""
+        obs, act, _, next_obs, _ = real_buffer.split(row)
+        error = volume = None
+        if step > learning_starts:  # e: the mean over the elites of the L2 error of one sampled s'
+            mean, logvar = model(torch.cat([obs, act], -1).expand(len(model.elites), 1, -1), model.elites)
+            delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # [elites, 1, 1 + obs]: reward first
+            error = (obs + delta[:, :, 1:] - next_obs).norm(dim=-1).mean().item()
+        if step % self.check_every == 0 and real_buffer.size > 3:  # V: 1000 observations on their top 3 principal axes
+            x = real_buffer.split(real_buffer.sample(1000))[0]
+            centred = x - x.mean(0)
+            axes = torch.linalg.svd(centred, full_matrices=False).Vh[:3]
+            volume = float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
+        return self.step(step, error, volume)
+
     def state_dict(self):
         return dict(vars(self))
 
@@ -916,34 +810,7 @@ class CMLOTrigger:
         vars(self).update(state)
 
 
-@torch.no_grad()
-def cmlo_step(cmlo, model, real_buffer, row, step, args):
-    """Feed CMLO's trigger one env step, the stored real transition row [1, row]; returns whether to retrain now.
-    After the first model training, its error e: the mean over the elites of the L2 error of one sampled s'."""
-    obs, act, _, next_obs, _ = real_buffer.split(row)
-    error = None
-    if step > args.learning_starts:
-        mean, logvar = model(torch.cat([obs, act], -1).expand(len(model.elites), 1, -1), model.elites)
-        delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # [elites, 1, 1 + obs]: reward first
-        error = (obs + delta[:, :, 1:] - next_obs).norm(dim=-1).mean().item()
-    return cmlo.step(step, error, hull_volume(real_buffer) if step % args.cmlo_check_every == 0 else None)
-
-
-def hull_volume(real_buffer, n=1000, dims=3):
-    """Volume of the convex hull (Qhull, through scipy) of n real observations, projected on their top principal axes."""
-    from scipy.spatial import ConvexHull
-
-    if real_buffer.size <= dims:  # no volume yet
-        return None
-    obs = real_buffer.split(real_buffer.sample(n))[0]
-    centred = obs - obs.mean(0)
-    axes = torch.linalg.svd(centred, full_matrices=False).Vh[:dims]
-    return float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
-
-
 # ==== 9. The training loop ========================================================================
-
-
 def sample_batches(real_buffer, model_buffer, args):
     """The minibatches of one env step's SAC updates, real_ratio of each real, in one indexing op per buffer:
     [updates_per_step, batch_size, row]."""
@@ -960,13 +827,11 @@ def evaluate(actor, env, n_episodes, device):
     """Returns of the deterministic policy over n_episodes."""
     returns = []
     for _ in range(n_episodes):
-        obs, _ = env.reset()
-        done, total = False, 0.0
+        (obs, _), done, total = env.reset(), False, 0.0
         while not done:
             act, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic=True)
             obs, rew, terminated, truncated, _ = env.step(act[0].cpu().numpy())
-            total += rew
-            done = terminated or truncated
+            total, done = total + rew, terminated or truncated
         returns.append(total)
     return returns
 
@@ -995,7 +860,7 @@ def evaluate_saved(path, episodes, capture_video=False):
     return returns
 
 
-def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None, progress=print_nothing):
+def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None, progress=lambda text: None):
     """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
     this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
@@ -1011,18 +876,9 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
             val_inputs = holdout_x[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
         model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors, progress))
-        pick_elites(model, model.mse(holdout_x, holdout_y))
+        model.elites.copy_(torch.argsort(model.mse(holdout_x, holdout_y))[: len(model.elites)])  # re-picked
     stats["holdout_mse_phase2"], stats["holdout_nll_phase2"] = model.elite_scores(holdout_x, holdout_y)
     return stats
-
-
-def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
-    """Refill the model buffer: rollout_batch_size real start states, k steps each (k from the schedule)."""
-    k = rollout_length(epoch, args.rollout_schedule)
-    model_buffer.resize(model_buffer_capacity(args, k))
-    start = real_buffer.sample(args.rollout_batch_size)
-    rollout(model, actor, termination_fn, real_buffer.split(start)[0], k, model_buffer)
-    return dict(rollout_length=k, model_buffer_size=model_buffer.size)
 
 
 def main(argv=None):
@@ -1031,36 +887,37 @@ def main(argv=None):
     args, checkpoint = parse_args(argv)
     if args.evaluate:
         return evaluate_saved(args.evaluate, args.eval_episodes, args.capture_video)
-    device = seed_and_threads(args)
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)  # 1 by default: a run never collapses on a shared machine, nor depends on its cores
+    torch.backends.cudnn.deterministic, device = args.torch_deterministic, torch.device(args.device)
     env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000, args.capture_video)
     eval_env.reset(seed=args.seed + 10_000)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    termination_fn = get_termination_fn(args.env_id)
-
-    check_memory(args, obs_dim, act_dim, device)
+    obs_dim, act_dim, termination_fn = (
+        env.observation_space.shape[0],
+        env.action_space.shape[0],
+        get_termination_fn(args.env_id),
+    )
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
-    real_buffer = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device)
-    model_buffer = ReplayBuffer(
-        model_buffer_capacity(args, rollout_length(0, args.rollout_schedule)), obs_dim, act_dim, device
+    k0 = rollout_length(0, args.rollout_schedule)
+    real_buffer, model_buffer = (
+        ReplayBuffer(n, obs_dim, act_dim, device) for n in (args.total_timesteps, model_buffer_capacity(args, k0))
     )
     # --compile on a GPU replays the update as CUDA graphs: it is ~100 small kernels, each shorter than its launch. A
     # graph's outputs (the losses) are overwritten at its next replay, so the loop reads them before the next update.
     mode = "reduce-overhead" if device.type == "cuda" else None
     sac_update = torch.compile(agent.update, mode=mode) if args.compile else agent.update
-
-    start_step = checkpoint["global_step"] + 1 if checkpoint else 1
-    log = Logger(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), start_step)
-    eval_env = record_video(eval_env, f"{log.run_dir}/videos") if args.capture_video else eval_env
-    parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log)
-    obs, _ = env.reset(seed=args.seed + start_step)
-    with Checkpointer(log.run_dir, parts, args, checkpoint) as checkpointer:
-        obs, model_stats = checkpointer.restore(checkpoint) if checkpoint else (obs, {})
-        for global_step in range(start_step, args.total_timesteps + 1):
-            checkpointer.step = global_step
+    run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
+    eval_env = record_video(eval_env, f"{run.run_dir}/videos") if args.capture_video else eval_env
+    run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
+    obs, _ = env.reset(seed=args.seed + run.start_step)
+    with run:
+        obs, model_stats = run.restore(checkpoint) if checkpoint else (obs, {})
+        for global_step in range(run.start_step, args.total_timesteps + 1):
+            run.step = global_step
             # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
             if global_step <= args.learning_starts:
                 action = env.action_space.sample()
@@ -1070,44 +927,43 @@ def main(argv=None):
             next_obs, reward, terminated, truncated, info = env.step(action)
             transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
             real_buffer.add(row := torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
-            cmlo_fired = cmlo is not None and cmlo_step(cmlo, model, real_buffer, row, global_step, args)
+            cmlo_fired = cmlo is not None and cmlo.observe(model, real_buffer, row, global_step, args.learning_starts)
             obs = next_obs
             if terminated or truncated:
-                log.episode(global_step, info["episode"])
+                run.episode(global_step, info["episode"])
                 obs, _ = env.reset()
 
             if global_step >= args.learning_starts:
                 # --- phase 1, phase 2 every model_train_freq steps (CMLO: at learning starts, then when its trigger fires)
                 if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
-                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors, log.phase)
+                    model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors, run.phase)
                     model_stats.update(dict(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar) if cmlo else {})
-                    log.model(global_step, model_stats, trained=True)
+                    run.model(global_step, model_stats, trained=True)
                 # --- fresh model rollouts from real states, on MBPO's schedule (CMLO too, trained or not)
                 if global_step % args.model_train_freq == 0:
                     epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
-                    log.model(global_step, rollouts)
+                    run.model(global_step, rollouts)
                 # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
                     for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
-                        log.losses(global_step, losses)
-            log.step(global_step)
+                        run.scalars(global_step, "losses", losses)
 
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
             if global_step % args.epoch_length == 0:
-                log.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
-            checkpointer.end_of_step(global_step, obs, model_stats)
-    log.close()
+                run.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
+            run.end_of_step(global_step, obs, model_stats)
+    run.close()
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
-        torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{log.run_dir}/model.pt")
-        print(f"saved the policy, critics and ensemble to {log.run_dir}/model.pt; evaluate it with --evaluate")
+        torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{run.run_dir}/model.pt")
+        print(f"saved the policy, critics and ensemble to {run.run_dir}/model.pt; evaluate it with --evaluate")
     env.close(), eval_env.close()
-    return log.run_dir
+    return run.run_dir
 
 
 # ==== 10. Run management: logging, checkpoints ====================================================
@@ -1117,36 +973,25 @@ CSV_FIELDS = (
     "shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs model_trainings "
     "model_interval cmlo_s_ev cmlo_e_bar sps wall_time"
 ).split()
+CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
 
 
-class Logger:
-    """Where a run reports: its folder (config.json), one row per epoch to progress.csv, TensorBoard and the console
-    (or the progress bar), and TensorBoard scalars for each episode and model training."""
+class Run:
+    """A run's folder and reports (config.json, progress.csv, TensorBoard, W&B with --track, console or progress bar),
+    and stopping it without losing it: an atomic checkpoint at the end of every checkpoint_every-th epoch, of the run
+    (to extend it), and of the current env step on SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C; a second one
+    stops at once). Non-finite values and OSErrors (a full disk) stop it in one line that names the last checkpoint."""
 
-    def __init__(self, args, extra_config, start_step):
-        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    def __init__(self, args, extra_config, checkpoint=None):
+        self.args, self.parts, self.signal, self.previous, self.train_returns = args, {}, None, {}, []
+        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
+        self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.run_dir = args.resume or os.path.join(args.runs_dir, name)
         try:
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
             fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
-        self.lock = open(os.path.join(self.run_dir, ".lock"), "a+")  # one process per run folder, released at exit
-        if os.name == "posix":  # (elsewhere, no lock)
-            import fcntl
-
-            try:
-                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: by another process, or by an earlier main() of this one (which may go on)
-                self.lock.seek(0)
-                if (holder := self.lock.read()) != str(os.getpid()):
-                    fail(f"{self.run_dir} is in use by another process (pid {holder or '?'}); stop it or wait for it")
-        self.lock.truncate(0), self.lock.write(str(os.getpid())), self.lock.flush()
-        import gymnasium
-        import mujoco
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gymnasium, mujoco)}}
+        versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gym, mujoco)}}
         config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # versions: physics differ across them
         if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
             try:
@@ -1156,12 +1001,13 @@ class Logger:
             name, self.wandb = os.path.basename(os.path.normpath(self.run_dir)), wandb
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name.replace(".", "_"),
                        resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)  # fmt: skip
-        self.writer, self.epoch_length, self.train_returns = SummaryWriter(self.run_dir), args.epoch_length, []
+        self.writer, self.csv_path, rows = SummaryWriter(self.run_dir), os.path.join(self.run_dir, "progress.csv"), []
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
-        print("usbpo config: " + json.dumps(config))
+        script = sys.argv[0] if sys.argv[0].endswith("usbpo.py") else __file__
+        self.resume_command = f"{sys.executable} {script} --resume {self.run_dir}"
         every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
-        print(f"run folder: {self.run_dir}  (checkpoints: {every}; to continue from the last: {resume_command(self.run_dir)})")
-        self.csv_path, rows = os.path.join(self.run_dir, "progress.csv"), []
+        print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
+        print(f"to continue from the last: {self.resume_command})")
         if not args.resume:
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
@@ -1169,18 +1015,16 @@ class Logger:
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         else:  # drop the epochs logged after the checkpoint: they are about to be run again
             with open(self.csv_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < start_step]
-            print(f"resumed from {self.run_dir} at step {start_step - 1}")
+                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < self.start_step]
+            print(f"resumed from {self.run_dir} at step {self.step}")
         with open(self.csv_path, "w", newline="") as f:
-            out = csv.DictWriter(f, CSV_FIELDS)
-            out.writeheader()
+            (out := csv.DictWriter(f, CSV_FIELDS)).writeheader()
             out.writerows(rows)
-        quiet = args.no_progress or not sys.stderr.isatty()
         no_eta = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, random actions: no ETA yet{postfix}]"
-        self.bar = tqdm(total=args.total_timesteps, initial=start_step - 1, unit="step", dynamic_ncols=True, disable=quiet,
-                        smoothing=0, bar_format=no_eta if start_step <= args.learning_starts else None)  # fmt: skip
-        self.learning_starts, self.last_print = args.learning_starts, time.time()
-        self.start_time = self.epoch_start = time.time()
+        self.bar = tqdm(total=args.total_timesteps, initial=self.start_step - 1, unit="step", dynamic_ncols=True, smoothing=0,
+                        disable=args.no_progress or not sys.stderr.isatty(),
+                        bar_format=no_eta if self.start_step <= args.learning_starts else None)  # fmt: skip
+        self.last_print = self.start_time = self.epoch_start = time.time()
 
     def state_dict(self):  # wall_time counts the run's own time, across resumes
         now = time.time()
@@ -1188,15 +1032,14 @@ class Logger:
         return {**state, "trainings": (self.trainings, self.last_training, self.interval)}
 
     def load_state_dict(self, state):
-        now = time.time()
-        self.train_returns, self.start_time = state["train_returns"], now - state["wall_time"]
-        self.epoch_start = now - state["epoch_seconds"]
-        self.trainings, self.last_training, self.interval = state["trainings"]
+        self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
+        self.start_time, self.epoch_start = time.time() - state["wall_time"], time.time() - state["epoch_seconds"]
 
-    def step(self, step):
-        self.bar.update(1)
-        if step == self.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
-            self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
+    def restore(self, checkpoint):
+        """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
+        for name, (_, restore) in self.parts.items():
+            restore(checkpoint[name])
+        return checkpoint["obs"], checkpoint["model_stats"]
 
     def phase(self, text):
         """A model phase in progress: on the bar, or (without one) a console line at most every 30 s."""
@@ -1206,150 +1049,49 @@ class Logger:
             print(f"  ... model {text}", flush=True)
             self.last_print = time.time()
 
+    def scalars(self, step, group, values):
+        for key, value in values.items():
+            self.writer.add_scalar(f"{group}/{key}", float(value), step)
+
     def episode(self, step, stats):
         self.train_returns.append(float(stats["r"]))
-        self.writer.add_scalar("charts/episodic_return", float(stats["r"]), step)
-        self.writer.add_scalar("charts/episodic_length", int(stats["l"]), step)
+        self.scalars(step, "charts", dict(episodic_return=stats["r"], episodic_length=stats["l"]))
 
     def model(self, step, stats, trained=False):
-        if trained:
+        if trained:  # the env steps since the previous training
             self.interval = step - self.last_training if self.last_training is not None else math.nan
             self.trainings, self.last_training = self.trainings + 1, step
-            self.writer.add_scalar("model/interval", self.interval, step)  # env steps since the previous training
-        for key, value in stats.items():
-            self.writer.add_scalar(f"model/{key}", value, step)
-
-    def losses(self, step, losses):
-        for key, value in losses.items():
-            self.writer.add_scalar(f"losses/{key}", value.item(), step)
+            self.scalars(step, "model", dict(interval=self.interval))
+        self.scalars(step, "model", stats)
 
     def epoch(self, step, evaluate, model_stats):
         """Evaluate (not counted in SPS), write the epoch's row and the console line."""
         now = time.time()
-        sps, eval_return = self.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
-        self.epoch_start = time.time()
-        train_return = np.mean(self.train_returns) if self.train_returns else np.nan
+        sps, eval_return = self.args.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
+        train_return, self.epoch_start = float(np.mean(self.train_returns)) if self.train_returns else np.nan, time.time()
         row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
-        row.update(env_steps=step, epoch=step // self.epoch_length, eval_return=eval_return, train_return=float(train_return))
+        row.update(env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return, train_return=train_return)
         row.update(sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings, model_interval=self.interval)
         self.train_returns, self.trainings = [], 0
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
-        self.writer.add_scalar("charts/eval_return", eval_return, step)
-        self.writer.add_scalar("charts/SPS", sps, step)
+        self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
         line = (
-            f"step {step:>7d}  eval {eval_return:8.1f}  train {row['train_return']:8.1f}  sps {sps:6.1f}  "
+            f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  "
             f"k {model_stats.get('rollout_length', '-')}  ft {model_stats.get('finetune_steps_kept', '-')}  "
             f"mse {model_stats.get('holdout_mse_phase2', float('nan')):.4f}"
         )
         self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
-        if self.bar.disable:
-            print(line, flush=True)
-            self.last_print = time.time()
-        else:
-            self.bar.write(line)
-
-    def close(self):
-        self.bar.close()
-        self.writer.close()
-        if self.wandb:
-            self.wandb.finish()
-
-
-class EnvAndRNG:
-    """What continuing the episode in progress needs after a resume: MuJoCo's whole MjData (state, solver warm start
-    and the derived positions, which the next reward of Ant or Humanoid reads one substep stale), the time limit's step
-    counter and the running episode statistics; and the state of every random generator the run draws from: Python's,
-    NumPy's, torch's and the envs' (random-phase actions, the env's resets, the evaluation env's resets)."""
-
-    def __init__(self, env, eval_env):
-        self.env, self.eval_env = env, eval_env
-
-    def generators(self):  # read each time: a reset with a seed replaces an env's generator
-        return [self.env.action_space.np_random, self.env.unwrapped.np_random, self.eval_env.unwrapped.np_random]
-
-    def state_dict(self):
-        env = self.env
-        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
-        return dict(
-            mjdata=env.unwrapped.data,
-            elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
-            episode_stats=(env.episode_returns, env.episode_lengths),
-            rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
-            generators=[g.bit_generator.state for g in self.generators()],
-        )
-
-    def load_state_dict(self, state):  # on envs that have been reset once
-        import mujoco
-
-        env = self.env
-        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
-        env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
-        env.episode_returns, env.episode_lengths = state["episode_stats"]
-        python, numpy, torch_cpu, cuda = state["rngs"]
-        random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
-        if cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-        for generator, generator_state in zip(self.generators(), state["generators"]):
-            generator.bit_generator.state = generator_state
-
-
-def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, log):
-    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}: saving and resuming both
-    read this one list, so a part added here is saved and restored. The environments and RNGs come last."""
-    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
-    stateful.update(log=log, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
-    if authors is not None:
-        stateful["finetune_optim"] = authors.optimizer  # the authors' fine-tune keeps its Adam across trainings
-    if cmlo is not None:
-        stateful["cmlo"] = cmlo
-    stateful["env_and_rng"] = EnvAndRNG(env, eval_env)
-    parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
-    # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
-    parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
-    return parts
-
-
-CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
-
-
-def load_checkpoint(run_dir):
-    path = os.path.join(run_dir, "checkpoint.pt")
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
-        fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
-
-
-def resume_command(run_dir):
-    return f"{sys.executable} {sys.argv[0] if sys.argv[0].endswith('usbpo.py') else __file__} --resume {run_dir}"
-
-
-class Checkpointer:
-    """Stopping a run without losing it. A checkpoint (every part of checkpoint_parts and the loop's own state) is
-    written at the end of every checkpoint_every-th epoch and of the run (so that it can be extended), atomically: a
-    kill during the write never corrupts the last one. SIGTERM (what a scheduler sends before preemption) and SIGINT
-    (Ctrl-C) ask the run to stop at the end of the current env step, with a checkpoint; a second signal stops it at once.
-    A NonFinite raised in the loop stops the run with one line that names the phase and the step, before the bad state
-    reaches a checkpoint; an OSError (a full disk, say) with one line that names the last whole checkpoint."""
-
-    def __init__(self, run_dir, parts, args, checkpoint=None):
-        self.run_dir, self.parts, self.args, self.signal, self.previous = run_dir, parts, args, None, {}
-        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
-
-    def restore(self, checkpoint):
-        """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
-        for name, (_, restore) in self.parts.items():
-            restore(checkpoint[name])
-        return checkpoint["obs"], checkpoint["model_stats"]
+        self.bar.write(line) if not self.bar.disable else print(line, flush=True)
+        self.last_print = time.time()
 
     def end_of_step(self, step, obs, model_stats):
         """Write a checkpoint when one is due or a signal asked to stop; then stop if one did."""
+        self.bar.update(1)
+        if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
+            self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
         every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
-        due = every and into_epoch == 0 and (epoch % every == 0 or step == self.args.total_timesteps)
-        if due or every and self.signal:
+        if every and (self.signal or into_epoch == 0 and (epoch % every == 0 or step == self.args.total_timesteps)):
             path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
             loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, obs=obs, model_stats=model_stats)
             try:
@@ -1364,7 +1106,7 @@ class Checkpointer:
     def last_checkpoint(self):
         if self.saved_step is None:
             return "no checkpoint was written, so the run cannot be continued"
-        return f"continue from the checkpoint of step {self.saved_step} with: {resume_command(self.run_dir)}"
+        return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
@@ -1379,27 +1121,54 @@ class Checkpointer:
     def __exit__(self, kind, error, traceback):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-        if kind is NonFinite:
+        if kind is FloatingPointError:
             raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
         if kind is not None and issubclass(kind, OSError):  # a full disk, a quota, a folder removed under the run
             raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint()}")
 
+    def close(self):
+        self.bar.close(), self.writer.close(), self.wandb and self.wandb.finish()
 
-def check_memory(args, obs_dim, act_dim, device):
-    """Refuse, before they are allocated, replay buffers that cannot fit on the training device."""
-    row_bytes = 4 * (2 * obs_dim + act_dim + 2)
-    need = row_bytes * (args.total_timesteps + model_buffer_capacity(args, max(args.rollout_schedule[2:])))
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf  # not Linux: no check on the CPU
-    if device.type == "cpu" and os.path.isfile("/proc/meminfo"):
-        with open("/proc/meminfo") as f:
-            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), math.inf)
-    if need > free:
-        lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
-        fail(f"the replay buffers need {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device}; {lower}")
+
+def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
+    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}, read by saving and resuming alike.
+    Last, what continuing the episode in progress needs: MuJoCo's whole MjData (the derived positions too, which the next
+    reward of Ant or Humanoid reads one substep stale), the time limit's counter, the episode statistics, and the state of
+    every random generator the run draws from (Python's, NumPy's, torch's, the envs')."""
+    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
+    stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
+    stateful.update({"finetune_optim": authors.optimizer} if authors else {})  # the authors' Adam lives across trainings
+    stateful.update({"cmlo": cmlo} if cmlo else {})
+    parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
+    # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
+    parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
+
+    def generators():  # read each time: a reset with a seed replaces an env's generator
+        return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
+
+    def save():
+        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
+        return dict(mjdata=env.unwrapped.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
+                    episode_stats=(env.episode_returns, env.episode_lengths),
+                    rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
+                    generators=[g.bit_generator.state for g in generators()])  # fmt: skip
+
+    def restore(state):  # on envs that have been reset once
+        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
+        env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+        env.episode_returns, env.episode_lengths = state["episode_stats"]
+        python, numpy, torch_cpu, cuda = state["rngs"]
+        random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        for generator, generator_state in zip(generators(), state["generators"]):
+            generator.bit_generator.state = generator_state
+
+    return {**parts, "env_and_rng": (save, restore)}
 
 
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, the Checkpointer turns Ctrl-C into a checkpoint)
+    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, the Run turns Ctrl-C into a checkpoint)
         raise SystemExit("usbpo: interrupted before the run's first step; nothing was written to continue from") from None
