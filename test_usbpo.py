@@ -1044,6 +1044,8 @@ def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_
     assert_one_line_error(["--resume", short, "--env-id", "Walker2d-v4"], "--env-id Walker2d-v4 differs from the run's")
     assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 500 steps")
     usbpo.main(["--resume", short, "--total-timesteps", "750"])
+    with open(os.path.join(short, "config.json")) as f:  # the budget a script reads to continue it (run_evidence.sh)
+        assert json.load(f)["total_timesteps"] == 750
     longer = usbpo.main(tiny_args_argv("--runs-dir", str(tmp_path / "long")))  # 750 steps from the start
     assert_same_run(short, longer)
 

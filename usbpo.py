@@ -1008,9 +1008,9 @@ class Run:
         every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
         print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
         print(f"to continue from the last: {self.resume_command})")
+        with open(os.path.join(self.run_dir, "config.json"), "w") as f:  # rewritten on resume: the budget may have grown
+            json.dump(config, f, indent=2)
         if not args.resume:
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(config, f, indent=2)
             table = "\n".join(f"|{key}|{value}|" for key, value in config.items())
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         else:  # drop the epochs logged after the checkpoint: they are about to be run again
