@@ -1316,3 +1316,23 @@ def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tm
     result = sweep(env_id, "1000", "1")
     assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, not 1000")
     assert sorted(out.rglob("*")) == files and not tasks()
+
+
+# --------------------------------------------------------------------------------------
+# The CUDA-graphed SAC env step (benchmarks/graphed_sac.py, issue 23): GPU only
+# --------------------------------------------------------------------------------------
+
+
+def test_graphed_sac_env_step_matches_eager():
+    """One env step's sampling and 20 SAC updates replayed as a CUDA graph give the losses, weights and Adam state of
+    the same work run eagerly (same random numbers), while the real buffer grows (no re-capture) and once the model
+    pool is resized (exactly one re-capture). Prepared without a GPU: first run on one is in benchmarks/gpu_session.sh."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("graphed_sac", os.path.join(HERE, "benchmarks", "graphed_sac.py"))
+    graphed_sac = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graphed_sac)
+    report = graphed_sac.equivalence_check(n_steps=5, resize_at=3)
+    assert report["ok"], report
