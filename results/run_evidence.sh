@@ -20,8 +20,12 @@ lanes=${LANES:-2}
 source results/evidence_lib.sh
 list_runs "$@"
 mkdir -p "$results" "$runs"
+pids=()
 for ((lane = 0; lane < lanes; lane++)); do
   # shellcheck disable=SC2086  # "variant seed": two words
   (for ((i = lane; i < ${#run_list[@]}; i += lanes)); do run_one ${run_list[$i]}; done) &
+  pids+=($!)
 done
-wait
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done  # a lane whose run failed stops there, and so does this
+exit "$failed"
