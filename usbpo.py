@@ -207,9 +207,10 @@ def parse_args(argv=None):
             raise SystemExit(0)
     else:
         args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-        if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in PRESETS[env_family(args.env_id)]:
+        defaults = PRESETS[env_family(args.env_id)]
+        if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
             fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
-        for key, value in PRESETS[env_family(args.env_id)].items():
+        for key, value in defaults.items():
             if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
                 setattr(args, key, value)
         args.rollout_schedule = tuple(args.rollout_schedule)
@@ -484,9 +485,12 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
-        for best, p in zip(best_params, member_params):  # snapshot the improved members only
-            best[improved] = p.detach()[improved]
-        best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
+        if improved.any():  # snapshot the improved members only
+            for best, p in zip(best_params, member_params):
+                best[improved] = p.detach()[improved]
+            best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0
+        else:
+            epochs_since_update += 1
         if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():
