@@ -51,9 +51,7 @@ PRESETS = {
 }
 # fmt: on
 COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
-PRESETS = {
-    family: {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, values)), **extra} for family, (*values, extra) in PRESETS.items()
-}
+PRESETS = {family: {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, v)), **extra} for family, (*v, extra) in PRESETS.items()}
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}  # MBPO's observations: Ant without contact forces, Humanoid qpos[2:] and qvel
 SUPPORTED_VERSIONS = ("v4", "v5")
 
@@ -231,8 +229,7 @@ def parse_args(argv=None):
         fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
     if min(args.rollout_schedule[2:]) < 1 or args.rollout_schedule[1] < args.rollout_schedule[0]:
         fail(f"--rollout-schedule needs E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         fail(f"--device '{args.device}' is not supported; use auto, cpu, cuda or cuda:N")
     if args.device != "cpu" and int(args.device[5:] or 0) >= torch.cuda.device_count():
@@ -241,35 +238,33 @@ def parse_args(argv=None):
 
 
 # ==== 2. Environments and termination functions ===================================================
-def make_env(env_id, seed, render=False):
-    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics (rendering frames if render)."""
+def make_env(env_id, seed, video=None, every_episode=False):
+    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
+    videos of its episodes (RecordVideo, MP4 through moviepy): every episode, or, as CleanRL, episodes 0, 1, 8, 27,
+    ..., 1000 and every 1000th. Headless machines render with MUJOCO_GL=egl."""
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         try:
-            env = gym.make(env_id, render_mode="rgb_array" if render else None)
+            env = gym.make(env_id, render_mode="rgb_array" if video else None)
         except gym.error.Error as e:  # MuJoCo missing, among others
             fail(f"could not make '{env_id}' ({e}); pip install -r requirements.txt")
     if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
         n = OBS_DIMS[family]
-        space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float64)
-        env = gym.wrappers.TransformObservation(env, lambda obs: obs[:n], space)
+        env = gym.wrappers.TransformObservation(env, lambda obs: obs[:n], gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
+    env.reset(seed=seed)  # before the video wrapper: its episodes are the ones that follow
+    if video:
+        try:
+            env.render()  # fail now, not at the first evaluation; MuJoCo's GL backends raise various errors
+        except Exception as e:
+            fail(f"MuJoCo cannot render here ({type(e).__name__}: {e}); on a headless machine set MUJOCO_GL=egl (or osmesa)")
+        try:
+            env = gym.wrappers.RecordVideo(env, video, (lambda i: True) if every_episode else None, disable_logger=True)
+        except gym.error.DependencyNotInstalled as e:
+            fail(f"--capture-video needs moviepy ({e}): pip install moviepy")
     return env
-
-
-def record_video(env, folder, every_episode=False):
-    """Videos of the episodes of a rendering env (gymnasium's RecordVideo, MP4 through moviepy): every episode, or,
-    as CleanRL, episodes 0, 1, 8, 27, ..., 1000 and every 1000th. Headless machines render with MUJOCO_GL=egl."""
-    try:
-        env.render()  # fail now, not at the first evaluation
-    except Exception as e:  # no display, no EGL/OSMesa: MuJoCo's GL backends raise various errors
-        fail(f"MuJoCo cannot render here ({type(e).__name__}: {e}); on a headless machine set MUJOCO_GL=egl (or osmesa)")
-    try:
-        return gym.wrappers.RecordVideo(env, folder, (lambda i: True) if every_episode else None, disable_logger=True)
-    except gym.error.DependencyNotInstalled as e:
-        fail(f"--capture-video needs moviepy ({e}): pip install moviepy")
 
 
 def get_termination_fn(env_id):
@@ -306,18 +301,14 @@ class ReplayBuffer:
 
     def __init__(self, capacity, obs_dim, act_dim, device):
         self.widths, self.ptr, self.size = (obs_dim, act_dim, 1, obs_dim, 1), 0, 0
-        self.data = self.allocate(capacity, device)
+        self.allocate(capacity, device)
 
     def allocate(self, capacity, device):
         try:  # a buffer too large for the device's memory fails here, in one line (at the start: before the run folder)
-            return torch.zeros(capacity, sum(self.widths), device=device)
+            self.data, self.capacity = torch.zeros(capacity, sum(self.widths), device=device), capacity
         except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
             lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
             fail(f"the replay buffers need {4 * capacity * sum(self.widths) / 2**30:.1f} GiB more than {device} has; {lower}")
-
-    @property
-    def capacity(self):
-        return len(self.data)
 
     def add(self, rows):
         rows = rows[-self.capacity :]
@@ -336,7 +327,8 @@ class ReplayBuffer:
         if rows is None and capacity == self.capacity:
             return
         rows = self.rows()[-capacity:] if rows is None else rows
-        self.data = self.allocate(capacity, self.data.device) if capacity != self.capacity else self.data
+        if capacity != self.capacity:
+            self.allocate(capacity, self.data.device)
         self.ptr, self.size = 0, 0
         self.add(rows)
         if self.size == self.capacity and ptr:  # sampling indexes the raw layout
@@ -452,16 +444,15 @@ def model_data(buffer, rows):
 
 
 def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text: None):
-    """Phase 1: maximum likelihood with holdout early stopping, as the authors' bnn.py (MBPO's code) does it.
-
-    The input scaler is fitted on the training split (`union_train`); each member trains on its own bootstrap of it,
-    reshuffled every epoch. Every member's best holdout MSE starts at 1e10 (`_start_train`), so the first epoch is
-    always kept; then a member's weights are saved when its holdout MSE improves by more than 1% relative, and training
-    stops once more than `model_patience` epochs have passed without any member improving (`_save_best`: `>`). Each
-    member gets its best weights back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the
-    first snapshot and stops at `>=`: where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum
-    trainings, that restores the old model. To switch: best_mse = the warm start's MSE, and `>=`.)
-    Returns the holdout split (the fine-tune's validation set), the per-member holdout MSE and the epochs run."""
+    """Phase 1: maximum likelihood with holdout early stopping, as the authors' bnn.py (MBPO's code) does it. The input
+    scaler is fitted on the training split (`union_train`); each member trains on its own bootstrap of it, reshuffled
+    every epoch. Every member's best holdout MSE starts at 1e10 (`_start_train`), so the first epoch is always kept; a
+    member's weights are saved when its holdout MSE improves by more than 1%, and training stops once more than
+    `model_patience` epochs pass without any member improving (`_save_best`: `>`). Each member gets its best weights
+    back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the first snapshot and stops at
+    `>=`, which restores the old model where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum
+    trainings. To switch: best_mse = the warm start's MSE, and `>=`.) Returns the holdout split (the fine-tune's
+    validation set), the per-member holdout MSE and the epochs run."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
     perm = torch.randperm(len(inputs), device=inputs.device)
     holdout, train = perm[:n_holdout], perm[n_holdout:]
@@ -529,8 +520,7 @@ def predict(model, x, layers=None):
 def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
     """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in]. The shift
     pairs each member of M2 with the same member of M1: a valid coupling, so an upper bound on the mixtures' W2.
-    prev_pred: M1's (mean, std) on x when already known (M1 is frozen, so on a fixed batch it is computed once).
-    """
+    prev_pred: M1's (mean, std) on x when already known (M1 is frozen, so on a fixed batch it is computed once)."""
     if prev_pred is None:
         with torch.no_grad():
             prev_pred = predict(prev_model, x)
@@ -807,12 +797,6 @@ class CMLOTrigger:
             volume = float(ConvexHull((centred @ axes.T).cpu().double().numpy()).volume)
         return self.step(step, error, volume)
 
-    def state_dict(self):
-        return dict(vars(self))
-
-    def load_state_dict(self, state):
-        vars(self).update(state)
-
 
 # ==== 9. The training loop ========================================================================
 def sample_batches(real_buffer, model_buffer, args):
@@ -852,10 +836,8 @@ def evaluate_saved(path, episodes, capture_video=False):
         actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
     except Exception as e:  # not a torch file, or one without a policy
         fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); {where}")
-    env = make_env(args.env_id, args.seed + 20_000, capture_video)
-    env.reset(seed=args.seed + 20_000)  # before the video wrapper: its episodes are the evaluation's
-    if capture_video:
-        env = record_video(env, os.path.join(os.path.dirname(path), "videos-evaluate"), every_episode=True)
+    video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
+    env = make_env(args.env_id, args.seed + 20_000, video, every_episode=True)
     actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
     actor.load_state_dict(actor_state)
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
@@ -894,13 +876,8 @@ def main(argv=None):
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # 1 by default: a run never collapses on a shared machine, nor depends on its cores
     torch.backends.cudnn.deterministic, device = args.torch_deterministic, torch.device(args.device)
-    env, eval_env = make_env(args.env_id, args.seed), make_env(args.env_id, args.seed + 10_000, args.capture_video)
-    eval_env.reset(seed=args.seed + 10_000)
-    obs_dim, act_dim, termination_fn = (
-        env.observation_space.shape[0],
-        env.action_space.shape[0],
-        get_termination_fn(args.env_id),
-    )
+    env, termination_fn = make_env(args.env_id, args.seed), get_termination_fn(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
@@ -915,7 +892,7 @@ def main(argv=None):
     mode = "reduce-overhead" if device.type == "cuda" else None
     sac_update = torch.compile(agent.update, mode=mode) if args.compile else agent.update
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
-    eval_env = record_video(eval_env, f"{run.run_dir}/videos") if args.capture_video else eval_env
+    eval_env = make_env(args.env_id, args.seed + 10_000, f"{run.run_dir}/videos" if args.capture_video else None)
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
     obs, _ = env.reset(seed=args.seed + run.start_step)
     with run:
@@ -1142,8 +1119,8 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
     stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
     stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
     stateful.update({"finetune_optim": authors.optimizer} if authors else {})  # the authors' Adam lives across trainings
-    stateful.update({"cmlo": cmlo} if cmlo else {})
     parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
+    parts.update({"cmlo": (lambda: dict(vars(cmlo)), vars(cmlo).update)} if cmlo else {})  # its state: its attributes
     # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
     parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
 
