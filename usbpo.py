@@ -73,22 +73,8 @@ POSITIVE, NON_NEGATIVE = checked(float, lambda v: v > 0, "positive"), checked(fl
 FRACTION, OPEN_FRACTION = checked(float, lambda v: 0 <= v <= 1, "in [0, 1]"), checked(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each flag's default or, for a flag with a per-environment preset, the preset of each environment."""
-
-    def _get_help_string(self, action):
-        if action.default is not None:
-            return super()._get_help_string(action)
-        by_value = {}
-        for family in PRESETS:
-            if (value := PRESETS[family].get(action.dest)) is not None:
-                by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
-        presets = "; ".join(f"{value} for {', '.join(families)}" for value, families in by_value.items())
-        return f"{action.help} (preset: {presets})" if by_value else action.help
-
-
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     a, cleanrl_bool = p.add_argument, lambda text: text.lower() in ("1", "true", "yes", "y", "t", "on")
     a("--env-id", default="Hopper-v4", help="MuJoCo task, e.g. Hopper-v4, Walker2d-v5; its preset fills the flags left out")
@@ -150,6 +136,13 @@ def build_parser():
     a("--wandb-entity", default=None, help="W&B team or user of --track (default: yours)")
     a("--capture-video", action="store_true", help="videos of evaluation episodes in the run folder (MUJOCO_GL=egl headless)")
     a("--evaluate", metavar="PT", help="run --eval-episodes episodes of the policy in a model.pt or checkpoint.pt, and exit")
+    for action in p._actions[1:]:  # --help shows each flag's default or, for a flag with a preset, each environment's
+        by_value = {}
+        for family, preset in PRESETS.items():
+            if action.default is None and (value := preset.get(action.dest)) is not None:
+                by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
+        presets = "; ".join(f"{value} for {', '.join(families)}" for value, families in by_value.items())
+        action.help += f" (preset: {presets})" if by_value else "" if action.default is None else " (default: %(default)s)"
     return p
 
 
@@ -883,10 +876,8 @@ def main(argv=None):
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
-    k0 = rollout_length(0, args.rollout_schedule)
-    real_buffer, model_buffer = (
-        ReplayBuffer(n, obs_dim, act_dim, device) for n in (args.total_timesteps, model_buffer_capacity(args, k0))
-    )
+    real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
+    model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
     # --compile on a GPU replays the update as CUDA graphs: it is ~100 small kernels, each shorter than its launch. A
     # graph's outputs (the losses) are overwritten at its next replay, so the loop reads them before the next update.
     mode = "reduce-overhead" if device.type == "cuda" else None
@@ -938,7 +929,6 @@ def main(argv=None):
             if global_step % args.epoch_length == 0:
                 run.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
             run.end_of_step(global_step, obs, model_stats)
-    run.close()
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
         torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{run.run_dir}/model.pt")
@@ -965,7 +955,7 @@ class Run:
 
     def __init__(self, args, extra_config, checkpoint=None):
         self.args, self.parts, self.signal, self.previous, self.train_returns = args, {}, None, {}, []
-        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
+        self.step = checkpoint["global_step"] if checkpoint else None
         self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.run_dir = args.resume or os.path.join(args.runs_dir, name)
         try:
@@ -986,6 +976,9 @@ class Run:
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
         script = sys.argv[0] if sys.argv[0].endswith("usbpo.py") else __file__
         self.resume_command = f"{sys.executable} {script} --resume {self.run_dir}"
+        self.last_checkpoint = "no checkpoint was written, so the run cannot be continued"  # for the messages that stop it
+        if checkpoint:
+            self.last_checkpoint = f"continue from the checkpoint of step {self.step} with: {self.resume_command}"
         every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
         print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
         print(f"to continue from the last: {self.resume_command})")
@@ -1080,14 +1073,9 @@ class Run:
             except RuntimeError as e:  # how torch reports a failed write
                 raise OSError(f"could not write {path}.tmp ({str(e).splitlines()[0]}); is the disk full?") from None
             os.replace(path + ".tmp", path)
-            self.saved_step = step
+            self.last_checkpoint = f"continue from the checkpoint of step {step} with: {self.resume_command}"
         if self.signal:
-            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint()}")
-
-    def last_checkpoint(self):
-        if self.saved_step is None:
-            return "no checkpoint was written, so the run cannot be continued"
-        return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
+            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint}")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
@@ -1096,19 +1084,17 @@ class Run:
 
     def request(self, signum, frame):
         if self.signal is not None:
-            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint()}")
+            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint}")
         self.signal = signal.Signals(signum).name
 
     def __exit__(self, kind, error, traceback):
+        self.bar.close(), self.writer.close(), self.wandb and self.wandb.finish()
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         if kind is FloatingPointError:
-            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
+            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint}")
         if kind is not None and issubclass(kind, OSError):  # a full disk, a quota, a folder removed under the run
-            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint()}")
-
-    def close(self):
-        self.bar.close(), self.writer.close(), self.wandb and self.wandb.finish()
+            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint}")
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
