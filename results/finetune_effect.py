@@ -6,8 +6,9 @@ objective, coefficients and, for the authors' loss, its Adam state), and phase 1
 same data. Phase 1 is identical in the first two, so what differs between them is the fine-tune's; the third is what
 the data alone gives, without the run's history of warm-started, fine-tuned models. Each model is scored as
 model_check.score scores a run's model, on the last 2000 real transitions of DATA_RUN (a run of the same seed whose
-policy still falls, or the falls cannot be counted): MSE of the next observation and reward predicted by the elites' mean, and how often the termination function
-applied to that prediction disagrees with the real `terminated` flag. One row per model and SEED (default 1 2 3).
+policy still falls, or the falls cannot be counted): MSE of the next observation and reward predicted by the elites'
+mean, and how often the termination function applied to that prediction disagrees with the real `terminated` flag.
+One row per model and SEED (default 1 2 3).
 """
 
 import argparse

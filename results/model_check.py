@@ -2,9 +2,9 @@
 
 Loads each RUN's last checkpoint.pt and predicts, with the elites' mean, the reward and next observation of the
 same real transitions for every model: the last 2000 of DATA_RUN's real buffer (a run whose policy still falls:
-where every policy balances, there is no fall to count). Prints the MSE of the predicted next observation and reward, and how often the termination
-function applied to the prediction disagrees with the real `terminated` flag (a wrong "alive" lets SAC bootstrap
-through a fall; a wrong "terminated" cuts off a good state's value).
+where every policy balances, there is no fall to count). Prints the MSE of the predicted next observation and
+reward, and how often the termination function applied to the prediction disagrees with the real `terminated`
+flag (a wrong "alive" lets SAC bootstrap through a fall; a wrong "terminated" cuts off a good state's value).
 """
 
 import glob
