@@ -26,6 +26,8 @@ VARIANTS = ("phase 1 only", "phase 1 + fine-tune", "phase 1 from a fresh model")
 
 
 def main():
+    if len(sys.argv) < 3:
+        sys.exit("usage: " + __doc__.split("\n")[0].split(": ", 1)[-1])
     data_run, run, *seeds = sys.argv[1:]
     ckpt = checkpoint(run)
     args = argparse.Namespace(**{**vars(usbpo.build_parser().parse_args([])), **ckpt["args"], "device": "cpu"})

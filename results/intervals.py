@@ -20,6 +20,8 @@ def intervals(run_dir):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python results/intervals.py RUN_DIR OUT_CSV")
     run_dir, out = sys.argv[1:]
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)

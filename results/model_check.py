@@ -48,6 +48,8 @@ def score(model, env_id, rows):
 
 
 def main():
+    if len(sys.argv) < 3:
+        sys.exit("usage: " + __doc__.split("\n")[0].split(": ", 1)[-1])
     data = checkpoint(sys.argv[1])
     rows = real_rows(data)[-2000:]
     print(f"data: the last 2000 real transitions of {sys.argv[1]} (step {data['global_step']})\n")
