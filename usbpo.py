@@ -955,7 +955,7 @@ class Run:
 
     def __init__(self, args, extra_config, checkpoint=None):
         self.args, self.parts, self.signal, self.previous, self.train_returns = args, {}, None, {}, []
-        self.step = checkpoint["global_step"] if checkpoint else None
+        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
         self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.run_dir = args.resume or os.path.join(args.runs_dir, name)
         try:
@@ -976,9 +976,6 @@ class Run:
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
         script = sys.argv[0] if sys.argv[0].endswith("usbpo.py") else __file__
         self.resume_command = f"{sys.executable} {script} --resume {self.run_dir}"
-        self.last_checkpoint = "no checkpoint was written, so the run cannot be continued"  # for the messages that stop it
-        if checkpoint:
-            self.last_checkpoint = f"continue from the checkpoint of step {self.step} with: {self.resume_command}"
         every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
         print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
         print(f"to continue from the last: {self.resume_command})")
@@ -1073,9 +1070,14 @@ class Run:
             except RuntimeError as e:  # how torch reports a failed write
                 raise OSError(f"could not write {path}.tmp ({str(e).splitlines()[0]}); is the disk full?") from None
             os.replace(path + ".tmp", path)
-            self.last_checkpoint = f"continue from the checkpoint of step {step} with: {self.resume_command}"
+            self.saved_step = step
         if self.signal:
-            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint}")
+            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint()}")
+
+    def last_checkpoint(self):  # for the messages that stop the run
+        if self.saved_step is None:
+            return "no checkpoint was written, so the run cannot be continued"
+        return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
@@ -1084,7 +1086,7 @@ class Run:
 
     def request(self, signum, frame):
         if self.signal is not None:
-            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint}")
+            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint()}")
         self.signal = signal.Signals(signum).name
 
     def __exit__(self, kind, error, traceback):
@@ -1092,9 +1094,9 @@ class Run:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         if kind is FloatingPointError:
-            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint}")
+            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
         if kind is not None and issubclass(kind, OSError):  # a full disk, a quota, a folder removed under the run
-            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint}")
+            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint()}")
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
