@@ -55,6 +55,12 @@ def random_transitions(env_id, n, seed=0):
     return buffer, obs_dim, act_dim
 
 
+def model_data(buffer, rows):
+    """The dynamics model's inputs [s, a] and targets [r, s' - s], as update_model builds them from the real buffer."""
+    obs, act, rew, next_obs, _ = buffer.split(rows)
+    return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
+
+
 # --------------------------------------------------------------------------------------
 # W2 between diagonal Gaussians
 # --------------------------------------------------------------------------------------
@@ -191,13 +197,13 @@ def test_ensemble_training_lowers_holdout_mse_and_picks_elites():
     buffer, obs_dim, act_dim = random_transitions("Hopper-v4", 3000)
     args = tiny_args("--model-max-epochs", "30")
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 200)
-    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    inputs, targets = model_data(buffer, buffer.rows())
     model.fit_normaliser(inputs)
-    mse_before = model.mse(inputs, targets)
+    mse_before = model.scores(inputs, targets)[0]
     holdout, mse, epochs = usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, args)
     assert len(holdout) == 600 and 1 <= epochs <= 30
     assert torch.all(mse < 0.5 * mse_before), (mse, mse_before)
-    assert torch.allclose(mse, model.mse(inputs[holdout], targets[holdout]))
+    assert torch.allclose(mse, model.scores(inputs[holdout], targets[holdout])[0])
     assert sorted(model.elites.tolist()) == sorted(torch.argsort(mse)[:5].tolist())
 
 
@@ -233,7 +239,7 @@ def warm_start():
     """A model trained a little (the warm start) on InvertedPendulum data, the data, and weights worse for every member."""
     torch.manual_seed(3)
     buffer, obs_dim, act_dim = random_transitions("InvertedPendulum-v4", 1000)
-    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    inputs, targets = model_data(buffer, buffer.rows())
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 32)
     usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, tiny_args())
     worse = [w + 0.3 * torch.randn_like(w) for w in member_weights(model)]
@@ -258,7 +264,7 @@ def test_first_epoch_is_kept_even_when_worse_than_the_warm_start(warm_start):
     model, epochs, x, y = scripted_training(warm_start, 5, {1: worse})
     assert all(torch.equal(p, w) for p, w in zip(member_weights(model), worse))  # every member keeps its epoch-1 weights
     set_weights(reference := copy.deepcopy(model), warm)
-    assert torch.all(model.mse(x, y) > reference.mse(x, y))  # though each is worse than its warm start
+    assert torch.all(model.scores(x, y)[0] > reference.scores(x, y)[0])  # though each is worse than its warm start
     assert epochs == 1 + 5 + 1  # the first epoch, then more than 5 without a gain
 
 
@@ -327,12 +333,12 @@ def trained_pair():
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 64)
     optim = torch.optim.Adam(model.parameters(), 1e-3)
     early = buffer.rows()[:1000]
-    usbpo.train_ensemble(model, optim, *usbpo.model_data(buffer, early), args)
+    usbpo.train_ensemble(model, optim, *model_data(buffer, early), args)
     prev = copy.deepcopy(model).requires_grad_(False)
-    model_inputs = torch.cat(usbpo.model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(
+    model_inputs = torch.cat(model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(
         1000, obs_dim + act_dim
     )
-    inputs, targets = usbpo.model_data(buffer, buffer.rows())
+    inputs, targets = model_data(buffer, buffer.rows())
     holdout, _, _ = usbpo.train_ensemble(model, optim, inputs, targets, args)
     return model, prev, model_inputs, inputs[holdout][:1024], args
 
@@ -749,7 +755,7 @@ def test_actor_log_prob_matches_torch_distributions():
     assert torch.all(act.abs() <= torch.tensor([2.0, 1.0], dtype=torch.float64))
     mean, log_std = actor.net(obs).chunk(2, dim=-1)
     torch.manual_seed(1)
-    u = mean + torch.randn_like(mean) * log_std.clamp(usbpo.LOG_STD_MIN, usbpo.LOG_STD_MAX).exp()
+    u = mean + torch.randn_like(mean) * log_std.clamp(usbpo.Actor.LOG_STD_MIN, usbpo.Actor.LOG_STD_MAX).exp()
     dist = TransformedDistribution(
         Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(actor.act_bias, actor.act_scale)]
     )

@@ -1,11 +1,10 @@
 """USB-PO: Unified model Shift and model Bias Policy Optimization (Zhang et al., NeurIPS 2023), in the style of CleanRL.
 
-USB-PO is MBPO (Janner et al., 2019) with one more step: after the ensemble M2 is retrained by maximum likelihood
-(phase 1), it is fine-tuned (phase 2) to minimise W2(p_M1, p_M2) + W2(p_M2, p_M*) (model shift + model bias), M1 being
-the model before the update; the fine-tuned weights are kept only while a validation estimate of that sum improves.
-Sections, in reading order: 1 configuration, 2 environments, 3 replay buffers, 4 the ensemble (phase 1), 5 the USB
-fine-tune (phase 2), 6 SAC, 7 model rollouts, 8 CMLO's trigger (the seed's baseline), 9 the loop (main), 10 run
-management.   python usbpo.py --env-id Walker2d-v4 [--no-finetune: plain MBPO, same code path]
+MBPO (Janner et al., 2019) with one more step: after the ensemble M2 is retrained by maximum likelihood (phase 1), it is
+fine-tuned (phase 2) to minimise W2(p_M1, p_M2) + W2(p_M2, p_M*) (model shift + model bias), M1 being the model before
+the update, keeping the fine-tuned weights only while a validation estimate of that sum improves. Sections: 1 flags,
+2 envs, 3 buffers, 4 the ensemble (phase 1), 5 the USB fine-tune (phase 2), 6 SAC, 7 model rollouts, 8 CMLO's trigger
+(the seed's baseline), 9 the loop (main), 10 run management.   python usbpo.py --env-id Walker2d-v4 [--no-finetune]
 """
 
 import argparse
@@ -165,32 +164,30 @@ def env_family(env_id):
 
 def parse_args(argv=None):
     """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
-    from its environment's preset. --resume RUN continues with the run's saved flags: a flag given must agree, except
-    --no-progress and --total-timesteps N, which extends the run (the budget only sizes the real buffer, which never
-    wraps, so the run goes on as one started with N steps would)."""
+    from its environment's preset. --resume RUN keeps the run's flags: one given must agree, except --no-progress and
+    --total-timesteps N, which extends the run (it only sizes the real buffer, which never wraps)."""
     parser = build_parser()
     args, checkpoint = parser.parse_args(argv), None
     if args.evaluate:
         return args, None
     if args.resume:
-        if not os.path.isfile(path := os.path.join(args.resume, "checkpoint.pt")):
-            fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(path := os.path.join(args.resume, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
         except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
             fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
         if checkpoint.get("format") != CHECKPOINT_FORMAT:  # no compatibility branches: no release has been made
             fail(f"{path} was written by an older usbpo.py, which this one cannot continue; start the run again")
         saved, step = checkpoint["args"], checkpoint["global_step"]
-        for action in parser._actions:  # parse again, keeping only the flags actually given
-            action.default = argparse.SUPPRESS
-        for key, value in (given := vars(parser.parse_args(argv))).items():
+        parser.set_defaults(**saved)  # parse again: a flag left out takes the run's value (a newer flag, its default)
+        args = parser.parse_args(argv)
+        for key, value in vars(args).items():
             value = tuple(value) if isinstance(value, list) else value
-            if key not in ("resume", "total_timesteps", "no_progress") and value != saved.get(key):
+            if key in saved and key not in ("resume", "total_timesteps", "no_progress") and value != saved[key]:
                 only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
-                fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved.get(key)}: {only}")
-        defaults = vars(build_parser().parse_args([]))  # flags newer than the checkpoint: their defaults
-        args = argparse.Namespace(**{**defaults, **saved, **given, "rollout_schedule": tuple(saved["rollout_schedule"])})
+                fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]}: {only}")
+        args.rollout_schedule = tuple(args.rollout_schedule)
         if args.total_timesteps < step:
             fail(f"--total-timesteps {args.total_timesteps} is below the {step} steps the run has made")
         if args.total_timesteps == step:  # not an error: a script may resume whatever it finds
@@ -293,15 +290,9 @@ class ReplayBuffer:
     env step's minibatches are one indexing op, and a resize one copy."""
 
     def __init__(self, capacity, obs_dim, act_dim, device):
-        self.widths, self.ptr, self.size = (obs_dim, act_dim, 1, obs_dim, 1), 0, 0
-        self.allocate(capacity, device)
-
-    def allocate(self, capacity, device):
-        try:  # a buffer too large for the device's memory fails here, in one line (at the start: before the run folder)
-            self.data, self.capacity = torch.zeros(capacity, sum(self.widths), device=device), capacity
-        except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
-            lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
-            fail(f"the replay buffers need {4 * capacity * sum(self.widths) / 2**30:.1f} GiB more than {device} has; {lower}")
+        self.widths, self.ptr, self.size, self.capacity = (obs_dim, act_dim, 1, obs_dim, 1), 0, 0, 0
+        self.data = torch.zeros(0, sum(self.widths), device=device)
+        self.resize(capacity)
 
     def add(self, rows):
         rows = rows[-self.capacity :]
@@ -319,9 +310,13 @@ class ReplayBuffer:
         oldest first (from a checkpoint): a full buffer is laid out with the next write at ptr, as it was when saved."""
         if rows is None and capacity == self.capacity:
             return
-        rows = self.rows()[-capacity:] if rows is None else rows
-        if capacity != self.capacity:
-            self.allocate(capacity, self.data.device)
+        rows, device = self.rows()[-capacity:] if rows is None else rows, self.data.device
+        try:  # a buffer too large for the device's memory fails here, in one line (at the start: before the run folder)
+            if capacity != self.capacity:
+                self.data, self.capacity = torch.zeros(capacity, sum(self.widths), device=device), capacity
+        except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
+            lower = "lower --rollout-batch-size, --retain-epochs or --total-timesteps"
+            fail(f"the replay buffers need {4 * capacity * sum(self.widths) / 2**30:.1f} GiB more than {device} has; {lower}")
         self.ptr, self.size = 0, 0
         self.add(rows)
         if self.size == self.capacity and ptr:  # sampling indexes the raw layout
@@ -401,18 +396,11 @@ class GaussianEnsemble(nn.Module):
         return nll + decay + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
 
     @torch.no_grad()
-    def mse(self, x, y):
-        """Per-member MSE of the mean on a shared batch x [B, in], y [B, out] -> [E]."""
-        mean, _ = self(x.expand(self.ensemble_size, *x.shape))
-        return (mean - y).square().mean(dim=(1, 2))
-
-    @torch.no_grad()
-    def elite_scores(self, x, y):
-        """The elites' mean MSE and Gaussian negative log-likelihood (nats per dimension) on a shared batch."""
+    def scores(self, x, y):
+        """Per-member MSE of the mean and Gaussian NLL (nats per dimension) on a shared batch x [B, in], y [B, out]: [E]."""
         mean, logvar = self(x.expand(self.ensemble_size, *x.shape))
         sq = (mean - y).square()
-        mse, nll = sq.mean(dim=(1, 2)), 0.5 * (sq * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
-        return mse[self.elites].mean().item(), nll[self.elites].mean().item()
+        return sq.mean(dim=(1, 2)), 0.5 * (sq * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
 
     @torch.no_grad()
     def step(self, obs, act):
@@ -430,22 +418,15 @@ class GaussianEnsemble(nn.Module):
         return y_out[:, 0], obs + y_out[:, 1:]
 
 
-def model_data(buffer, rows):
-    """Inputs [s, a] and targets [r, s' - s] of the dynamics model."""
-    obs, act, rew, next_obs, _ = buffer.split(rows)
-    return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
-
-
 def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text: None):
-    """Phase 1: maximum likelihood with holdout early stopping, as the authors' bnn.py (MBPO's code) does it. The input
-    scaler is fitted on the training split (`union_train`); each member trains on its own bootstrap of it, reshuffled
-    every epoch. Every member's best holdout MSE starts at 1e10 (`_start_train`), so the first epoch is always kept; a
-    member's weights are saved when its holdout MSE improves by more than 1%, and training stops once more than
-    `model_patience` epochs pass without any member improving (`_save_best`: `>`). Each member gets its best weights
-    back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the first snapshot and stops at
-    `>=`, which restores the old model where no member gains 1% in 5 epochs, as in most InvertedDoublePendulum
-    trainings. To switch: best_mse = the warm start's MSE, and `>=`.) Returns the holdout split (the fine-tune's
-    validation set), the per-member holdout MSE and the epochs run."""
+    """Phase 1, as the authors' bnn.py (MBPO's code): the input scaler is fitted on the training split (`union_train`);
+    each member trains on its own bootstrap of it, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
+    (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%,
+    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). Each member
+    gets its best weights back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the first
+    snapshot and stops at `>=`, which keeps the old model where no member gains 1% in 5 epochs, as in most of
+    InvertedDoublePendulum's trainings. To switch: best_mse = the warm start's MSE, and `>=`.)
+    Returns the holdout split (the fine-tune's validation set), the per-member holdout MSE and the epochs run."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
     perm = torch.randperm(len(inputs), device=inputs.device)
     holdout, train = perm[:n_holdout], perm[n_holdout:]
@@ -465,7 +446,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
             loss.backward()
             optimizer.step()
         epoch += 1
-        mse = model.mse(inputs[holdout], targets[holdout])
+        mse = model.scores(inputs[holdout], targets[holdout])[0]
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
@@ -523,19 +504,16 @@ def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
 
 
 def authors_objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
-    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`), transcribed from
-    mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization (union_loss
-    l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), quirks included:
-      - M1 is their "backoff" network: the weights from before this model training (m1_layers), but run with the
-        current input normaliser (the shared scaler is refitted at l. 462, before the old weights are copied at
-        l. 485) and the current log-variance bounds, which are shared and trainable, so the loss's gradient also
-        reaches the bounds through M1 (l. 194, 966, 999).
-      - Each batch row b is scored by one member: p[b] of M1 and q[b] of M2, indices drawn once when their graph
-        is built (correc_random_inds, l. 363, 821, 854), fixed for the whole run and independent of each other.
-      - Their compute_EMD (l. 799-803): see compute_emd. shift = EMD(M1[p], M2[q]) / B (l. 1014);
-        bias = sum over members e of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866).
-    Means are of [r, s' - s], where they add s to get s': the differences, and so the loss, are the same up to rounding.
-    """
+    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`), quirks included,
+    from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization (union_loss
+    l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836):
+      - M1 is their "backoff" network: the weights from before this training (m1_layers), run with the current input
+        normaliser (refitted at l. 462, before the old weights are copied at l. 485) and the current log-variance
+        bounds, which are shared and trainable: the loss's gradient reaches them through M1 too (l. 194, 966, 999).
+      - Row b is scored by one member, p[b] of M1 and q[b] of M2, indices drawn once for the whole run, independently
+        (correc_random_inds, l. 363, 821, 854). shift = EMD(M1[p], M2[q]) / B (l. 1014); bias = sum over members e
+        of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866); EMD: compute_emd (their l. 799-803).
+    Means are of [r, s' - s] (theirs add s): the differences, and so the loss, are the same up to rounding."""
     mean1, std1 = predict(model, x, m1_layers)
     mean2, std2 = predict(model, x)
     shift, bias = authors_shift_bias(mean1, std1, mean2, std2, p, q)
@@ -618,12 +596,10 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
 
 # ==== 6. SAC (as MBPO's softlearning SAC) =========================================================
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-
-
 class Actor(nn.Module):
     """Tanh-squashed Gaussian policy, 2 x 256 ReLU."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(self, obs_dim, act_dim, act_low, act_high):
         super().__init__()
@@ -638,7 +614,7 @@ class Actor(nn.Module):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_scale + self.act_bias, None
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
         noise = torch.randn_like(mean)
         u = mean + noise * log_std.exp()
         # log N(u) - log|d tanh(u)/du| - log(scale), with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u))
@@ -710,8 +686,7 @@ def rollout_length(epoch, schedule):
     return int(k0 + frac * (k1 - k0))
 
 
-def model_buffer_capacity(args, k):
-    """retain_epochs * rollout_batch * (rollouts per epoch) * k, as MBPO sizes its model pool."""
+def model_buffer_capacity(args, k):  # retain_epochs * rollout_batch * (rollouts per epoch) * k, as MBPO's model pool
     return args.retain_epochs * args.rollout_batch_size * (args.epoch_length // args.model_train_freq or 1) * k
 
 
@@ -792,17 +767,6 @@ class CMLOTrigger:
 
 
 # ==== 9. The training loop ========================================================================
-def sample_batches(real_buffer, model_buffer, args):
-    """The minibatches of one env step's SAC updates, real_ratio of each real, in one indexing op per buffer:
-    [updates_per_step, batch_size, row]."""
-    n_updates, batch_size = args.updates_per_step, args.batch_size
-    n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
-    rows = real_buffer.sample(n_updates, n_real)
-    if n_real < batch_size:
-        rows = torch.cat([rows, model_buffer.sample(n_updates, batch_size - n_real)], dim=1)
-    return rows
-
-
 @torch.no_grad()
 def evaluate(actor, env, n_episodes, device):
     """Returns of the deterministic policy over n_episodes."""
@@ -821,12 +785,12 @@ def evaluate_saved(path, episodes, capture_video=False):
     """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a checkpoint.pt (a run in
     progress), on the env (and observation) it was trained on."""
     where = "--save-model writes <run folder>/model.pt at the end of a run; checkpoints are <run folder>/checkpoint.pt"
-    if not os.path.isfile(path):
-        fail(f"no saved model at {path}; {where}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         args, agent = argparse.Namespace(**saved["args"]), saved.get("agent", {})
         actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
+    except FileNotFoundError:
+        fail(f"no saved model at {path}; {where}")
     except Exception as e:  # not a torch file, or one without a policy
         fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); {where}")
     video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
@@ -843,20 +807,21 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
     """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
     this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
-    inputs, targets = model_data(real_buffer, real_buffer.data[: real_buffer.size])
+    obs, act, rew, next_obs, _ = real_buffer.split(real_buffer.data[: real_buffer.size])
+    inputs, targets = torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)  # x = [s, a], y = [r, s' - s]
     holdout, _, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
-    holdout_x, holdout_y = inputs[holdout], targets[holdout]
+    hx, hy = inputs[holdout], targets[holdout]  # the holdout split: the elites' scores are logged on it
     stats = dict(model_epochs=model_epochs)
-    stats["holdout_mse_phase1"], stats["holdout_nll_phase1"] = model.elite_scores(holdout_x, holdout_y)
+    stats["holdout_mse_phase1"], stats["holdout_nll_phase1"] = (s[model.elites].mean().item() for s in model.scores(hx, hy))
     if not args.no_finetune and model_buffer.size > 0:  # the first training has no model data yet
         if authors is None:
-            val_inputs = holdout_x[torch.randperm(len(holdout), device=inputs.device)[:1024]]
+            val_inputs = hx[torch.randperm(len(holdout), device=inputs.device)[:1024]]
         else:  # their validation batch: exactly B rows, drawn with replacement (bnn.py l. 452)
-            val_inputs = holdout_x[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
+            val_inputs = hx[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
         model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors, progress))
-        model.elites.copy_(torch.argsort(model.mse(holdout_x, holdout_y))[: len(model.elites)])  # re-picked
-    stats["holdout_mse_phase2"], stats["holdout_nll_phase2"] = model.elite_scores(holdout_x, holdout_y)
+        model.elites.copy_(torch.argsort(model.scores(hx, hy)[0])[: len(model.elites)])  # re-picked
+    stats["holdout_mse_phase2"], stats["holdout_nll_phase2"] = (s[model.elites].mean().item() for s in model.scores(hx, hy))
     return stats
 
 
@@ -917,9 +882,13 @@ def main(argv=None):
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
                     run.model(global_step, rollouts)
-                # --- SAC on mixed real and model data
+                # --- SAC on minibatches real_ratio real and the rest model data, all of this step's drawn at once
                 if args.updates_per_step > 0:
-                    for rows in sample_batches(real_buffer, model_buffer, args):
+                    n_real = args.batch_size if model_buffer.size == 0 else int(args.batch_size * args.real_ratio)
+                    batches = real_buffer.sample(args.updates_per_step, n_real)  # [updates, batch, row]
+                    if n_real < args.batch_size:
+                        batches = torch.cat([batches, model_buffer.sample(args.updates_per_step, args.batch_size - n_real)], 1)
+                    for rows in batches:
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
