@@ -1016,11 +1016,9 @@ class Run:
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
         self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
-        line = (
-            f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  "
-            f"k {model_stats.get('rollout_length', '-')}  ft {model_stats.get('finetune_steps_kept', '-')}  "
-            f"mse {model_stats.get('holdout_mse_phase2', float('nan')):.4f}"
-        )
+        k, ft = model_stats.get("rollout_length", "-"), model_stats.get("finetune_steps_kept", "-")  # of the last training
+        line = f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  k {k}  ft {ft}  "
+        line += f"mse {model_stats.get('holdout_mse_phase2', math.nan):.4f}"
         self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
         self.bar.write(line) if not self.bar.disable else print(line, flush=True)
         self.last_print = time.time()
@@ -1062,10 +1060,9 @@ class Run:
         self.bar.close(), self.writer.close(), self.wandb and self.wandb.finish()
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-        if kind is FloatingPointError:
-            raise SystemExit(f"usbpo: error: non-finite values in the {error} at step {self.step}; {self.last_checkpoint()}")
-        if kind is not None and issubclass(kind, OSError):  # a full disk, a quota, a folder removed under the run
-            raise SystemExit(f"usbpo: error: {error} at step {self.step}; {self.last_checkpoint()}")
+        if kind is FloatingPointError or kind and issubclass(kind, OSError):  # OSError: a full disk, a quota, a folder removed
+            what = f"non-finite values in the {error}" if kind is FloatingPointError else error
+            raise SystemExit(f"usbpo: error: {what} at step {self.step}; {self.last_checkpoint()}")
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
