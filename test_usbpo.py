@@ -55,12 +55,6 @@ def random_transitions(env_id, n, seed=0):
     return buffer, obs_dim, act_dim
 
 
-def model_data(buffer, rows):
-    """The dynamics model's inputs [s, a] and targets [r, s' - s], as update_model builds them from the real buffer."""
-    obs, act, rew, next_obs, _ = buffer.split(rows)
-    return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
-
-
 # --------------------------------------------------------------------------------------
 # W2 between diagonal Gaussians
 # --------------------------------------------------------------------------------------
@@ -197,7 +191,7 @@ def test_ensemble_training_lowers_holdout_mse_and_picks_elites():
     buffer, obs_dim, act_dim = random_transitions("Hopper-v4", 3000)
     args = tiny_args("--model-max-epochs", "30")
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 200)
-    inputs, targets = model_data(buffer, buffer.rows())
+    inputs, targets = buffer.model_data(buffer.rows())
     model.fit_normaliser(inputs)
     mse_before = model.scores(inputs, targets)[0]
     holdout, mse, epochs = usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, args)
@@ -239,7 +233,7 @@ def warm_start():
     """A model trained a little (the warm start) on InvertedPendulum data, the data, and weights worse for every member."""
     torch.manual_seed(3)
     buffer, obs_dim, act_dim = random_transitions("InvertedPendulum-v4", 1000)
-    inputs, targets = model_data(buffer, buffer.rows())
+    inputs, targets = buffer.model_data(buffer.rows())
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 32)
     usbpo.train_ensemble(model, torch.optim.Adam(model.parameters(), 1e-3), inputs, targets, tiny_args())
     worse = [w + 0.3 * torch.randn_like(w) for w in member_weights(model)]
@@ -333,12 +327,12 @@ def trained_pair():
     model = usbpo.GaussianEnsemble(obs_dim, act_dim, 7, 5, 64)
     optim = torch.optim.Adam(model.parameters(), 1e-3)
     early = buffer.rows()[:1000]
-    usbpo.train_ensemble(model, optim, *model_data(buffer, early), args)
+    usbpo.train_ensemble(model, optim, *buffer.model_data(early), args)
     prev = copy.deepcopy(model).requires_grad_(False)
-    model_inputs = torch.cat(model_data(buffer, early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(
+    model_inputs = torch.cat(buffer.model_data(early), -1)[:, : obs_dim + act_dim] + 0.05 * torch.randn(
         1000, obs_dim + act_dim
     )
-    inputs, targets = model_data(buffer, buffer.rows())
+    inputs, targets = buffer.model_data(buffer.rows())
     holdout, _, _ = usbpo.train_ensemble(model, optim, inputs, targets, args)
     return model, prev, model_inputs, inputs[holdout][:1024], args
 

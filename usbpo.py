@@ -335,6 +335,10 @@ class ReplayBuffer:
         obs, act, rew, next_obs, term = rows.split(self.widths, dim=-1)
         return obs, act, rew.squeeze(-1), next_obs, term.squeeze(-1)
 
+    def model_data(self, rows):  # the dynamics model's inputs x = [s, a] and targets y = [r, s' - s]
+        obs, act, rew, next_obs, _ = self.split(rows)
+        return torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)
+
 
 # ==== 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO) ====================
 class EnsembleLinear(nn.Module):
@@ -767,6 +771,17 @@ class CMLOTrigger:
 
 
 # ==== 9. The training loop ========================================================================
+def sample_batches(real_buffer, model_buffer, args):
+    """The minibatches of one env step's SAC updates, real_ratio of each real, in one indexing op per buffer:
+    [updates_per_step, batch_size, row]."""
+    n_updates, batch_size = args.updates_per_step, args.batch_size
+    n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
+    rows = real_buffer.sample(n_updates, n_real)
+    if n_real < batch_size:
+        rows = torch.cat([rows, model_buffer.sample(n_updates, batch_size - n_real)], dim=1)
+    return rows
+
+
 @torch.no_grad()
 def evaluate(actor, env, n_episodes, device):
     """Returns of the deterministic policy over n_episodes."""
@@ -807,8 +822,7 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
     """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
     this update, on (s, a) of the model buffer); returns the log entries of both."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
-    obs, act, rew, next_obs, _ = real_buffer.split(real_buffer.data[: real_buffer.size])
-    inputs, targets = torch.cat([obs, act], -1), torch.cat([rew[:, None], next_obs - obs], -1)  # x = [s, a], y = [r, s' - s]
+    inputs, targets = real_buffer.model_data(real_buffer.data[: real_buffer.size])
     holdout, _, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
     hx, hy = inputs[holdout], targets[holdout]  # the holdout split: the elites' scores are logged on it
     stats = dict(model_epochs=model_epochs)
@@ -882,13 +896,9 @@ def main(argv=None):
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
                     run.model(global_step, rollouts)
-                # --- SAC on minibatches real_ratio real and the rest model data, all of this step's drawn at once
+                # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
-                    n_real = args.batch_size if model_buffer.size == 0 else int(args.batch_size * args.real_ratio)
-                    batches = real_buffer.sample(args.updates_per_step, n_real)  # [updates, batch, row]
-                    if n_real < args.batch_size:
-                        batches = torch.cat([batches, model_buffer.sample(args.updates_per_step, args.batch_size - n_real)], 1)
-                    for rows in batches:
+                    for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval

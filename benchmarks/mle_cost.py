@@ -58,7 +58,7 @@ def one_training(rows, args, device, budget_s, seed=0):
     torch.manual_seed(seed)
     buffer = usbpo.ReplayBuffer(len(rows), 11, 3, device)
     buffer.add(rows.to(device))
-    inputs, targets = usbpo.model_data(buffer, buffer.data)
+    inputs, targets = buffer.model_data(buffer.data)
     model = usbpo.GaussianEnsemble(11, 3, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     epochs = [0]

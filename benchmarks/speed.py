@@ -86,7 +86,7 @@ def components(quick):
     model = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     for n in (5_000,) if quick else (5_000, 50_000):
-        x, y = usbpo.model_data(real, real.data[:n])
+        x, y = real.model_data(real.data[:n])
         one_epoch = argparse.Namespace(**{**vars(args), "model_max_epochs": 1})
         out[f"model_epoch_{n // 1000}k"] = timeit(lambda: usbpo.train_ensemble(model, optim, x, y, one_epoch), 2, warmup=1)
 
