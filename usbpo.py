@@ -2,9 +2,8 @@
 
 MBPO (Janner et al., 2019) with one more step: after the ensemble M2 is retrained by maximum likelihood (phase 1), it is
 fine-tuned (phase 2) to minimise W2(p_M1, p_M2) + W2(p_M2, p_M*) (model shift + model bias), M1 being the model before
-the update, keeping the fine-tuned weights only while a validation estimate of that sum improves. Sections: 1 flags,
-2 envs, 3 buffers, 4 the ensemble (phase 1), 5 the USB fine-tune (phase 2), 6 SAC, 7 model rollouts, 8 CMLO's trigger
-(the seed's baseline), 9 the loop (main), 10 run management.   python usbpo.py --env-id Walker2d-v4 [--no-finetune]
+the update, keeping the fine-tuned weights only while a validation estimate of that sum improves.
+    python usbpo.py --env-id Walker2d-v4 [--no-finetune]
 """
 
 import argparse
@@ -55,9 +54,7 @@ OBS_DIMS = {"Ant": 27, "Humanoid": 45}  # MBPO's observations: Ant without conta
 SUPPORTED_VERSIONS = ("v4", "v5")
 
 
-def checked(kind, ok, words):
-    """An argparse type: text -> kind, refused in one line ('must be <words>') unless ok(value)."""
-
+def checked(kind, ok, words):  # an argparse type: text -> kind, refused in one line ('must be <words>') unless ok(value)
     def parse(text):
         if not ok(value := kind(text)):
             raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
@@ -187,7 +184,6 @@ def parse_args(argv=None):
             if key in saved and key not in ("resume", "total_timesteps", "no_progress") and value != saved[key]:
                 only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
                 fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]}: {only}")
-        args.rollout_schedule = tuple(args.rollout_schedule)
         if args.total_timesteps < step:
             fail(f"--total-timesteps {args.total_timesteps} is below the {step} steps the run has made")
         if args.total_timesteps == step:  # not an error: a script may resume whatever it finds
@@ -201,12 +197,12 @@ def parse_args(argv=None):
         for key, value in defaults.items():
             if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
                 setattr(args, key, value)
-        args.rollout_schedule = tuple(args.rollout_schedule)
         if args.cmlo and args.finetune_objective != "w2":
             fail("CMLO mode has no fine-tune, so --finetune-objective does not apply: drop one of them")
         args.no_finetune = args.no_finetune or args.cmlo  # CMLO changes when the model moves, not how: phase 1 only
         usbpo = "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
         args.exp_name = args.exp_name or ("cmlo" if args.cmlo else "mbpo" if args.no_finetune else usbpo)
+    args.rollout_schedule = tuple(args.rollout_schedule)
     if args.learning_starts > args.total_timesteps:
         fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); train longer")
     if args.learning_starts < 10:
@@ -230,15 +226,11 @@ def parse_args(argv=None):
 # ==== 2. Environments and termination functions ===================================================
 def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
-    videos of its episodes (RecordVideo, MP4 through moviepy): every episode, or, as CleanRL, episodes 0, 1, 8, 27,
-    ..., 1000 and every 1000th. Headless machines render with MUJOCO_GL=egl."""
+    videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
-        try:
-            env = gym.make(env_id, render_mode="rgb_array" if video else None)
-        except gym.error.Error as e:  # MuJoCo missing, among others
-            fail(f"could not make '{env_id}' ({e}); pip install -r requirements.txt")
+        env = gym.make(env_id, render_mode="rgb_array" if video else None)
     if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
         n = OBS_DIMS[family]
         env = gym.wrappers.TransformObservation(env, lambda obs: obs[:n], gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
@@ -559,10 +551,9 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
     their stopping rule (more than `patience` steps without improvement, l. 343) and their snapshots of the layers
     only, so that the log-variance bounds keep their last values (l. 261-276, 330).
     Returns the validation objective, shift and bias before and after, and the steps kept."""
-    m1_layers, val_prev = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}, None
-    if authors is None:
-        with torch.no_grad():
-            val_prev = predict(prev_model, val_inputs)  # M1 is frozen: on the fixed validation set, computed once
+    m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
+    with torch.no_grad():  # M1 is frozen: on the fixed validation set, computed once
+        val_prev = predict(prev_model, val_inputs)
 
     def objective(x, prev_pred=None):
         if authors is None:
@@ -797,8 +788,7 @@ def evaluate(actor, env, n_episodes, device):
 
 
 def evaluate_saved(path, episodes, capture_video=False):
-    """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a checkpoint.pt (a run in
-    progress), on the env (and observation) it was trained on."""
+    """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a run's checkpoint.pt."""
     where = "--save-model writes <run folder>/model.pt at the end of a run; checkpoints are <run folder>/checkpoint.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -977,9 +967,9 @@ class Run:
         self.last_print = self.start_time = self.epoch_start = time.time()
 
     def state_dict(self):  # wall_time counts the run's own time, across resumes
-        now = time.time()
-        state = dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start)
-        return {**state, "trainings": (self.trainings, self.last_training, self.interval)}
+        now, trainings = time.time(), (self.trainings, self.last_training, self.interval)
+        return dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start,
+                    trainings=trainings)  # fmt: skip
 
     def load_state_dict(self, state):
         self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
@@ -1011,8 +1001,7 @@ class Run:
         if trained:  # the env steps since the previous training
             self.interval = step - self.last_training if self.last_training is not None else math.nan
             self.trainings, self.last_training = self.trainings + 1, step
-            self.scalars(step, "model", dict(interval=self.interval))
-        self.scalars(step, "model", stats)
+        self.scalars(step, "model", {**stats, "interval": self.interval} if trained else stats)
 
     def epoch(self, step, evaluate, model_stats):
         """Evaluate (not counted in SPS), write the epoch's row and the console line."""
