@@ -198,9 +198,11 @@ def main():
     p.add_argument("--with-50k", action="store_true", help="also time the loop with 50k real transitions (slow on CPU)")
     p.add_argument("--peer", default=None, help="Python of a venv with mbrl-lib: also time its MBPO at the Hopper preset")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of usbpo and of the peer (usbpo.py's default: 1)")
     args = p.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"device {DEVICE} ({where}), torch {torch.__version__}")
@@ -231,6 +233,7 @@ def main():
     )
     if args.peer:
         cmd = [args.peer, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_mbrl.py"), "--total-steps", "6000"]
+        cmd += ["--threads", str(args.threads)]
         peer = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in peer.stdout.splitlines() if "s per 1000 env steps" in ln]
         print(line[-1] if line else f"peer failed:\n{peer.stdout[-2000:]}\n{peer.stderr[-2000:]}")
