@@ -1,4 +1,4 @@
-"""Speed benchmark of usbpo.py on the current device: python benchmarks/speed.py [--quick] [--peer PYTHON]
+"""Speed benchmark of usbpo.py on the current device: python benchmarks/speed.py [--quick] [--peer PYTHON] [--threads N]
 
 Times the pieces of one USB-PO iteration at the Hopper preset (obs 11, act 3), then whole
 training-loop epochs through usbpo.main itself, and prints a table. With --peer, the same
