@@ -552,8 +552,8 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
     only, so that the log-variance bounds keep their last values (l. 261-276, 330).
     Returns the validation objective, shift and bias before and after, and the steps kept."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
-    with torch.no_grad():  # M1 is frozen: on the fixed validation set, computed once
-        val_prev = predict(prev_model, val_inputs)
+    with torch.no_grad():  # M1 is frozen: on the fixed validation set, computed once (the authors' M1 is not frozen)
+        val_prev = predict(prev_model, val_inputs) if authors is None else None
 
     def objective(x, prev_pred=None):
         if authors is None:
