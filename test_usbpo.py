@@ -1285,13 +1285,16 @@ def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tm
             "usbpo": (lambda d: os.path.exists(os.path.join(d, "checkpoint.pt")), ["scontrol", "requeue", task["usbpo"]]),
             "mbpo": (lambda d: rows_in(d) >= 2, ["scancel", "--batch", "--signal=USR1", task["mbpo"]]),
         }
-        deadline = time.time() + 600
+        deadline, requeued = time.time() + 600, {}
         while (stop or tasks()) and time.time() < deadline:
             for v in [v for v, (ready, _) in stop.items() if any(map(ready, glob.glob(str(runs / f"{v}_1" / "*"))))]:
                 result = slurm_command(stop.pop(v)[1], env)
                 assert result.returncode == 0, result.stderr
             for t in [t for t, (state, reason) in tasks().items() if (state, reason) == ("PENDING", "BeginTime")]:
-                slurm_command(["scontrol", "update", f"JobId={t}", "StartTime=now"], env)  # a requeued task waits
+                # a requeued task waits (BeginTime); started here 2 s on, not at once: Slurm refuses a start in the
+                # second its old credential was revoked ("Job credential revoked": FAILED, ExitCode 1:0)
+                if time.time() - requeued.setdefault(t, time.time()) > 2:
+                    slurm_command(["scontrol", "update", f"JobId={t}", "StartTime=now"], env)
             time.sleep(0.2)
         assert not stop and not tasks(), f"not ended within 10 minutes: {list(stop)} not stopped; {tasks()} in the queue"
         for v in variants:
