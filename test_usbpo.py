@@ -424,7 +424,7 @@ def test_authors_m1_runs_with_the_current_normaliser_and_bounds(trained_pair):
     old.input_mean.add_(1.0), old.max_logvar.data.sub_(1.0)
     layers = {k: v.detach() for k, v in old.named_parameters() if k.startswith("layers.")}
     p = torch.randint(model.ensemble_size, (len(val),))
-    loss, shift, _ = usbpo.authors_objective(model, layers, val, 1.0, 0.0, p, p)
+    shift, _ = usbpo.authors_shift_bias(*usbpo.predict(model, val, layers), *usbpo.predict(model, val), p, p)
     assert shift.item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         layers = {k: v + 0.01 * torch.randn_like(v) for k, v in layers.items()}
@@ -439,18 +439,18 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
     """In a run: p and q are the same in every call and reproducible from the seed, every batch has exactly
     --finetune-batch rows (validation included), and the fine-tune's Adam carries its step count across trainings."""
     calls, adam_steps = [], []
-    real_objective, real_finetune = usbpo.authors_objective, usbpo.usb_finetune
+    real_shift_bias, real_finetune = usbpo.authors_shift_bias, usbpo.usb_finetune
 
-    def objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
-        calls.append((p.clone(), q.clone(), len(x)))
-        return real_objective(model, m1_layers, x, shift_coef, bias_coef, p, q)
+    def shift_bias(mean1, std1, mean2, std2, p, q):
+        calls.append((p.clone(), q.clone(), mean2.shape[1]))
+        return real_shift_bias(mean1, std1, mean2, std2, p, q)
 
     def finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
         state = authors.optimizer.state.get(model.max_logvar, {})
         adam_steps.append(int(state["step"]) if state else 0)
         return real_finetune(model, prev_model, train_inputs, val_inputs, args, authors, progress)
 
-    monkeypatch.setattr(usbpo, "authors_objective", objective)
+    monkeypatch.setattr(usbpo, "authors_shift_bias", shift_bias)
     monkeypatch.setattr(usbpo, "usb_finetune", finetune)
     argv = ["--finetune-objective", "authors", "--finetune-batch", "64", "--seed", "3", "--runs-dir", str(tmp_path)]
     args = tiny_args(*argv)

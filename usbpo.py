@@ -142,8 +142,7 @@ def build_parser():
     return p
 
 
-def fail(message):
-    """End the program with one line that says what to do, and a non-zero exit code."""
+def fail(message):  # one line that says what to do, and a non-zero exit code
     raise SystemExit(f"usbpo: error: {message}")
 
 
@@ -152,22 +151,13 @@ def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the
         raise FloatingPointError(phase)
 
 
-def env_family(env_id):
-    family, _, version = env_id.rpartition("-")
-    if family not in PRESETS or version not in SUPPORTED_VERSIONS:
-        fail(f"unsupported environment '{env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
-    return family
-
-
 def parse_args(argv=None):
     """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
     from its environment's preset. --resume RUN keeps the run's flags: one given must agree, except --no-progress and
     --total-timesteps N, which extends the run (it only sizes the real buffer, which never wraps)."""
     parser = build_parser()
     args, checkpoint = parser.parse_args(argv), None
-    if args.evaluate:
-        return args, None
-    if args.resume:
+    if args.resume and not args.evaluate:
         try:
             checkpoint = torch.load(path := os.path.join(args.resume, "checkpoint.pt"), map_location="cpu", weights_only=False)
         except FileNotFoundError:
@@ -191,7 +181,10 @@ def parse_args(argv=None):
             raise SystemExit(0)
     else:
         args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-        defaults = PRESETS[env_family(args.env_id)]
+        family, _, version = args.env_id.rpartition("-")
+        if family not in PRESETS or version not in SUPPORTED_VERSIONS:
+            fail(f"unsupported environment '{args.env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
+        defaults = PRESETS[family]
         if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
             fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
         for key, value in defaults.items():
@@ -227,7 +220,7 @@ def parse_args(argv=None):
 def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
     videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
-    family = env_family(env_id)
+    family = env_id.rpartition("-")[0]
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
@@ -252,7 +245,7 @@ def make_env(env_id, seed, video=None, every_episode=False):
 def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
     static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
-    family = env_family(env_id)
+    family = env_id.rpartition("-")[0]
 
     def termination_fn(obs, act, next_obs):
         z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
@@ -418,10 +411,9 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     """Phase 1, as the authors' bnn.py (MBPO's code): the input scaler is fitted on the training split (`union_train`);
     each member trains on its own bootstrap of it, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
     (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%,
-    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). Each member
-    gets its best weights back; the elites have the lowest holdout MSE. (mbrl-lib counts the warm start as the first
-    snapshot and stops at `>=`, which keeps the old model where no member gains 1% in 5 epochs, as in most of
-    InvertedDoublePendulum's trainings. To switch: best_mse = the warm start's MSE, and `>=`.)
+    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). (mbrl-lib
+    counts the warm start as the first snapshot and stops at `>=`, which keeps the old model where no member gains 1%
+    in 5 epochs, as in most of InvertedDoublePendulum's trainings. To switch: best_mse = the warm start's MSE, and `>=`.)
     Returns the holdout split (the fine-tune's validation set), the per-member holdout MSE and the epochs run."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
     perm = torch.randperm(len(inputs), device=inputs.device)
@@ -499,25 +491,17 @@ def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
     return shift_coef * shift + bias_coef * bias, shift, bias
 
 
-def authors_objective(model, m1_layers, x, shift_coef, bias_coef, p, q):
-    """The fine-tune loss as the authors' TensorFlow code computes it (`--finetune-objective authors`), quirks included,
-    from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization (union_loss
-    l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836):
-      - M1 is their "backoff" network: the weights from before this training (m1_layers), run with the current input
-        normaliser (refitted at l. 462, before the old weights are copied at l. 485) and the current log-variance
-        bounds, which are shared and trainable: the loss's gradient reaches them through M1 too (l. 194, 966, 999).
+def authors_shift_bias(mean1, std1, mean2, std2, p, q):
+    """The fine-tune's shift and bias as the authors' TensorFlow code computes them (`--finetune-objective authors`),
+    quirks included, from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization
+    (union_loss l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), on (mean, std) [E, B, D]:
+      - M1 is their "backoff" network: the weights from before this training, run with the current input normaliser
+        (refitted at l. 462, before the old weights are copied at l. 485) and the current log-variance bounds, which
+        are shared and trainable: the loss's gradient reaches them through M1 too (l. 194, 966, 999).
       - Row b is scored by one member, p[b] of M1 and q[b] of M2, indices drawn once for the whole run, independently
         (correc_random_inds, l. 363, 821, 854). shift = EMD(M1[p], M2[q]) / B (l. 1014); bias = sum over members e
         of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866); EMD: compute_emd (their l. 799-803).
     Means are of [r, s' - s] (theirs add s): the differences, and so the loss, are the same up to rounding."""
-    mean1, std1 = predict(model, x, m1_layers)
-    mean2, std2 = predict(model, x)
-    shift, bias = authors_shift_bias(mean1, std1, mean2, std2, p, q)
-    return shift_coef * shift + bias_coef * bias, shift, bias
-
-
-def authors_shift_bias(mean1, std1, mean2, std2, p, q):
-    """The authors' shift and bias terms from M1's and M2's (mean, std) [E, B, D] and member indices p, q [B]."""
     E, B = mean2.shape[:2]
     rows = torch.arange(B, device=mean2.device)
     mu1, sd1, mu2, sd2 = mean1[p, rows], std1[p, rows], mean2[q, rows], std2[q, rows]  # [B, D]
@@ -549,16 +533,16 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
     phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's
     authors_finetune_state, to follow the authors' code instead: their objective, their Adam kept across trainings,
     their stopping rule (more than `patience` steps without improvement, l. 343) and their snapshots of the layers
-    only, so that the log-variance bounds keep their last values (l. 261-276, 330).
-    Returns the validation objective, shift and bias before and after, and the steps kept."""
+    only, so that the log-variance bounds keep their last values (l. 261-276, 330)."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
     with torch.no_grad():  # M1 is frozen: on the fixed validation set, computed once (the authors' M1 is not frozen)
         val_prev = predict(prev_model, val_inputs) if authors is None else None
 
-    def objective(x, prev_pred=None):
+    def objective(x, prev_pred=None):  # (loss, shift, bias)
         if authors is None:
             return usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef, prev_pred)
-        return authors_objective(model, m1_layers, x, args.shift_coef, args.bias_coef, authors.p, authors.q)
+        shift, bias = authors_shift_bias(*predict(model, x, m1_layers), *predict(model, x), authors.p, authors.q)
+        return args.shift_coef * shift + args.bias_coef * bias, shift, bias
 
     def validate():
         with torch.no_grad():
@@ -763,8 +747,7 @@ class CMLOTrigger:
 
 # ==== 9. The training loop ========================================================================
 def sample_batches(real_buffer, model_buffer, args):
-    """The minibatches of one env step's SAC updates, real_ratio of each real, in one indexing op per buffer:
-    [updates_per_step, batch_size, row]."""
+    """One env step's SAC minibatches, real_ratio of each real, one indexing op per buffer: [updates, batch, row]."""
     n_updates, batch_size = args.updates_per_step, args.batch_size
     n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
     rows = real_buffer.sample(n_updates, n_real)
@@ -809,8 +792,7 @@ def evaluate_saved(path, episodes, capture_video=False):
 
 
 def update_model(model, model_optim, real_buffer, model_buffer, args, authors=None, progress=lambda text: None):
-    """Phase 1 (maximum likelihood on all real data), then phase 2 (the USB fine-tune against M1, the model before
-    this update, on (s, a) of the model buffer); returns the log entries of both."""
+    """Phase 1 on all real data, then phase 2 against M1 (the model before this update); returns both's log entries."""
     prev_model = copy.deepcopy(model).requires_grad_(False)  # M1: weights and normaliser before the update
     inputs, targets = real_buffer.model_data(real_buffer.data[: real_buffer.size])
     holdout, _, model_epochs = train_ensemble(model, model_optim, inputs, targets, args, progress)
@@ -847,8 +829,7 @@ def main(argv=None):
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    # --compile on a GPU replays the update as CUDA graphs: it is ~100 small kernels, each shorter than its launch. A
-    # graph's outputs (the losses) are overwritten at its next replay, so the loop reads them before the next update.
+    # --compile on a GPU replays the update (~100 kernels, each shorter than its launch) as CUDA graphs
     mode = "reduce-overhead" if device.type == "cuda" else None
     sac_update = torch.compile(agent.update, mode=mode) if args.compile else agent.update
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
