@@ -1043,6 +1043,14 @@ def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_
     assert "is finished (500 steps); --total-timesteps N extends it" in capsys.readouterr().out
     assert_one_line_error(["--resume", short, "--env-id", "Walker2d-v4"], "--env-id Walker2d-v4 differs from the run's")
     assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 500 steps")
+    with pytest.raises(SystemExit) as finished:  # --device auto: wherever the run was made
+        usbpo.main(["--resume", short, "--device", "auto"])
+    assert finished.value.code == 0
+    checkpoint = torch.load(os.path.join(short, "checkpoint.pt"), weights_only=False)
+    del checkpoint["args"]["finetune_patience"]  # as if written before the flag existed: the run had its default
+    os.makedirs(older := str(tmp_path / "older"))
+    torch.save(checkpoint, os.path.join(older, "checkpoint.pt"))
+    assert_one_line_error(["--resume", older, "--finetune-patience", "3"], "--finetune-patience 3 differs from the run's 10")
     usbpo.main(["--resume", short, "--total-timesteps", "750"])
     with open(os.path.join(short, "config.json")) as f:  # the budget a script reads to continue it (run_evidence.sh)
         assert json.load(f)["total_timesteps"] == 750

@@ -169,11 +169,12 @@ def parse_args(argv=None):
         saved, step = checkpoint["args"], checkpoint["global_step"]
         parser.set_defaults(**saved)  # parse again: a flag left out takes the run's value (a newer flag, its default)
         args = parser.parse_args(argv)
-        for key, value in vars(args).items():
-            value = tuple(value) if isinstance(value, list) else value
-            if key in saved and key not in ("resume", "total_timesteps", "no_progress") and value != saved[key]:
+        args.device = saved["device"] if args.device == "auto" else args.device  # auto: where the run was made
+        for key, value in vars(args).items():  # the run's value, or a newer flag's default
+            value, was = tuple(value) if isinstance(value, list) else value, parser.get_default(key)
+            if key not in ("resume", "total_timesteps", "no_progress") and value != was:
                 only = "a resumed run keeps its configuration; only --total-timesteps and --no-progress may change"
-                fail(f"--{key.replace('_', '-')} {value} differs from the run's {saved[key]}: {only}")
+                fail(f"--{key.replace('_', '-')} {value} differs from the run's {was}: {only}")
         if args.total_timesteps < step:
             fail(f"--total-timesteps {args.total_timesteps} is below the {step} steps the run has made")
         if args.total_timesteps == step:  # not an error: a script may resume whatever it finds
