@@ -151,6 +151,13 @@ def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the
         raise FloatingPointError(phase)
 
 
+def env_family(env_id):
+    family, _, version = env_id.rpartition("-")
+    if family not in PRESETS or version not in SUPPORTED_VERSIONS:
+        fail(f"unsupported environment '{env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
+    return family
+
+
 def parse_args(argv=None):
     """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
     from its environment's preset. --resume RUN keeps the run's flags: one given must agree, except --no-progress and
@@ -182,10 +189,7 @@ def parse_args(argv=None):
             raise SystemExit(0)
     else:
         args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-        family, _, version = args.env_id.rpartition("-")
-        if family not in PRESETS or version not in SUPPORTED_VERSIONS:
-            fail(f"unsupported environment '{args.env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
-        defaults = PRESETS[family]
+        defaults = PRESETS[env_family(args.env_id)]
         if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
             fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
         for key, value in defaults.items():
@@ -221,7 +225,7 @@ def parse_args(argv=None):
 def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
     videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
-    family = env_id.rpartition("-")[0]
+    family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
@@ -246,7 +250,7 @@ def make_env(env_id, seed, video=None, every_episode=False):
 def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
     static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
-    family = env_id.rpartition("-")[0]
+    family = env_family(env_id)
 
     def termination_fn(obs, act, next_obs):
         z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
