@@ -834,7 +834,8 @@ def main(argv=None):
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    # --compile on a GPU replays the update (~100 kernels, each shorter than its launch) as CUDA graphs
+    # --compile on a GPU replays the update (~100 kernels, each shorter than its launch) as CUDA graphs. A graph's
+    # outputs (the losses) are overwritten at its next replay, so the loop reads them before the next update.
     mode = "reduce-overhead" if device.type == "cuda" else None
     sac_update = torch.compile(agent.update, mode=mode) if args.compile else agent.update
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
