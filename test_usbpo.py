@@ -382,9 +382,12 @@ def test_shift_zero_when_models_equal_and_gradients_reach_m2_only(trained_pair):
 
 
 def test_model_bias_excludes_self_pairs():
-    mean, std = torch.randn(3, 10, 4), torch.rand(3, 10, 4) + 0.1
+    torch.manual_seed(0)
+    model, x = usbpo.GaussianEnsemble(4, 1, 3, 2, 16), torch.randn(10, 5)
+    mean, std = usbpo.predict(model, x)
     pairs = [usbpo.w2_gaussian(mean[i], std[i], mean[j], std[j]).mean() for i in range(3) for j in range(3) if i != j]
-    assert usbpo.model_bias(mean, std).item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-6)
+    bias = usbpo.usb_objective(model, model, x, 1.0, 1.0)[2]
+    assert bias.item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-6)
 
 
 def authors_loss_by_hand(mean1, std1, mean2, std2, p, q):
@@ -532,26 +535,25 @@ def test_terminated_rollouts_stop():
     torch.manual_seed(0)
     model = usbpo.GaussianEnsemble(4, 1, 7, 5, 16)
     actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
-    start = torch.randn(1000, 4)
+    real = usbpo.ReplayBuffer(1000, 4, 1, "cpu")
+    real.add(torch.randn(1000, 11))  # the start states
     alive = []
 
     def half_fn(obs, act, next_obs):  # ends every other rollout at each step
         alive.append(len(obs))
         return torch.arange(len(obs)) % 2 == 0
 
-    buffer = usbpo.ReplayBuffer(10_000, 4, 1, "cpu")
-    usbpo.rollout(model, actor, half_fn, start, 4, buffer)
+    def rollout(termination_fn, k):
+        buffer = usbpo.ReplayBuffer(1, 4, 1, "cpu")
+        args = tiny_args("--rollout-schedule", "0", "0", str(k), str(k), "--rollout-batch-size", "1000")
+        usbpo.model_rollouts(model, actor, termination_fn, real, buffer, args, epoch=0)
+        return buffer
+
+    buffer = rollout(half_fn, 4)
     assert alive == [1000, 500, 250, 125] and buffer.size == 1875
     terminated = buffer.split(buffer.rows())[4]
     assert terminated.sum().item() == 500 + 250 + 125 + 63
-    alive.clear()
-
-    def everything(obs, act, next_obs):
-        return torch.ones(len(obs), dtype=torch.bool)
-
-    buffer = usbpo.ReplayBuffer(10_000, 4, 1, "cpu")
-    usbpo.rollout(model, actor, everything, start, 5, buffer)
-    assert buffer.size == 1000
+    assert rollout(lambda obs, act, next_obs: torch.ones(len(obs), dtype=torch.bool), 5).size == 1000
 
 
 def test_model_buffer_sized_and_filled_as_mbpo():

@@ -160,8 +160,7 @@ def env_family(env_id):
 
 def parse_args(argv=None):
     """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
-    from its environment's preset. --resume RUN keeps the run's flags: one given must agree, except --no-progress and
-    --total-timesteps N, which extends the run (it only sizes the real buffer, which never wraps)."""
+    from its environment's preset; --resume RUN keeps the run's flags, but --no-progress and --total-timesteps (to extend)."""
     parser = build_parser()
     args, checkpoint = parser.parse_args(argv), None
     if args.resume and not args.evaluate:
@@ -195,8 +194,6 @@ def parse_args(argv=None):
         for key, value in defaults.items():
             if getattr(args, key) is None and (args.cmlo or not key.startswith("cmlo_")):
                 setattr(args, key, value)
-        if args.cmlo and args.finetune_objective != "w2":
-            fail("CMLO mode has no fine-tune, so --finetune-objective does not apply: drop one of them")
         args.no_finetune = args.no_finetune or args.cmlo  # CMLO changes when the model moves, not how: phase 1 only
         usbpo = "usbpo" if args.finetune_objective == "w2" else "usbpo_authors"
         args.exp_name = args.exp_name or ("cmlo" if args.cmlo else "mbpo" if args.no_finetune else usbpo)
@@ -208,16 +205,16 @@ def parse_args(argv=None):
     if args.num_elites > args.ensemble_size:
         fail(f"--num-elites ({args.num_elites}) cannot exceed --ensemble-size ({args.ensemble_size})")
     if args.no_finetune and args.finetune_objective != "w2":
-        fail("--finetune-objective chooses the fine-tune's loss, and --no-finetune skips the fine-tune: drop one")
+        skip = "CMLO mode has no fine-tune" if args.cmlo else "--no-finetune skips the fine-tune"
+        fail(f"--finetune-objective chooses the fine-tune's loss, and {skip}: drop one of them")
     if args.ensemble_size < 2 and not args.no_finetune:
         fail("the model-bias term compares ensemble members: use --ensemble-size 2 or more, or --no-finetune")
     if min(args.rollout_schedule[2:]) < 1 or args.rollout_schedule[1] < args.rollout_schedule[0]:
         fail(f"--rollout-schedule needs E0 <= E1 and lengths K0, K1 >= 1, got {args.rollout_schedule}")
     args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        fail(f"--device '{args.device}' is not supported; use auto, cpu, cuda or cuda:N")
-    if args.device != "cpu" and int(args.device[5:] or 0) >= torch.cuda.device_count():
-        fail(f"--device {args.device} asked for, but torch sees {torch.cuda.device_count()} GPU(s); use --device cpu or auto")
+    gpu, n_gpus = re.fullmatch(r"cuda(?::(\d+))?", args.device), torch.cuda.device_count()
+    if args.device != "cpu" and not (gpu and int(gpu[1] or 0) < n_gpus):
+        fail(f"--device '{args.device}' is not supported here: torch sees {n_gpus} GPU(s); use auto, cpu, cuda or cuda:N")
     return args, checkpoint
 
 
@@ -331,9 +328,7 @@ class ReplayBuffer:
 
 
 # ==== 4. The Gaussian dynamics ensemble (phase 1: maximum likelihood, as MBPO) ====================
-class EnsembleLinear(nn.Module):
-    """E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]."""
-
+class EnsembleLinear(nn.Module):  # E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]
     def __init__(self, ensemble_size, n_in, n_out):
         super().__init__()
         bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default initialisation, per member
@@ -345,9 +340,7 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(bias, x, weight)
 
 
-class GaussianEnsemble(nn.Module):
-    """E probabilistic MLPs predicting mean and log-variance of y = [r, s' - s] from x = [s, a]."""
-
+class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and log-variance of y = [r, s' - s] from x = [s, a]
     weight_decays = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # per layer, as MBPO
 
     def __init__(self, obs_dim, act_dim, ensemble_size=7, num_elites=5, hidden=200):
@@ -372,26 +365,23 @@ class GaussianEnsemble(nn.Module):
         self.input_mean.copy_(x.mean(0))
         self.input_std.copy_(torch.where(std < 1e-12, 1.0, std))
 
-    def forward(self, x, members=None):
-        """x [E, B, in] (or [len(members), B, in]) -> mean, log-variance [E, B, out], log-variance soft-bounded."""
+    def forward(self, x, members=None):  # x [E, B, in] (or [len(members), B, in]) -> mean, log-variance [E, B, out]
         h = (x - self.input_mean) / self.input_std
         for layer in self.layers[:-1]:
             h = F.silu(layer(h, members))
         mean, logvar = self.layers[-1](h, members).chunk(2, dim=-1)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)  # soft bounds, as MBPO
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
 
-    def loss(self, x, y):
-        """Gaussian NLL summed over members (mean over batch and dims) + weight decay + log-variance bound penalty."""
+    def loss(self, x, y):  # Gaussian NLL summed over members (mean over batch and dims) + weight decay + bound penalty
         mean, logvar = self(x)
         nll = ((mean - y).square() * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
         decay = sum(d * 0.5 * layer.weight.square().sum() for d, layer in zip(self.weight_decays, self.layers))
         return nll + decay + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
 
     @torch.no_grad()
-    def scores(self, x, y):
-        """Per-member MSE of the mean and Gaussian NLL (nats per dimension) on a shared batch x [B, in], y [B, out]: [E]."""
+    def scores(self, x, y):  # per-member MSE of the mean and Gaussian NLL (nats per dim.) on a shared batch x, y: [E]
         mean, logvar = self(x.expand(self.ensemble_size, *x.shape))
         sq = (mean - y).square()
         return sq.mean(dim=(1, 2)), 0.5 * (sq * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).mean(dim=(1, 2))
@@ -400,16 +390,12 @@ class GaussianEnsemble(nn.Module):
     def step(self, obs, act):
         """Sample (reward, next_obs) for a batch, each row from one elite: rows are dealt at random to the elites in
         equal shares, so each runs through one member only (not all E, as MBPO's code does before picking one)."""
-        n, n_elites = len(obs), len(self.elites)
+        n, n_elites, perm = len(obs), len(self.elites), torch.randperm(len(obs), device=obs.device)
         per_member = -(-n // n_elites)
-        perm = torch.randperm(n, device=obs.device)
         order = perm.repeat(n_elites)[: per_member * n_elites]  # padded to equal shares; the padding is dropped
-        x = torch.cat([obs, act], dim=-1)[order].view(n_elites, per_member, -1)
-        mean, logvar = self(x, self.elites)
-        y = (mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)).view(n_elites * per_member, -1)
-        y_out = torch.empty(n, self.out_dim, device=obs.device)
-        y_out[perm] = y[:n]
-        return y_out[:, 0], obs + y_out[:, 1:]
+        mean, logvar = self(torch.cat([obs, act], dim=-1)[order].view(n_elites, per_member, -1), self.elites)
+        y = (mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)).view(n_elites * per_member, -1)[:n][torch.argsort(perm)]
+        return y[:, 0], obs + y[:, 1:]  # argsort(perm) put each row back in its place
 
 
 def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text: None):
@@ -443,17 +429,13 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
-        if improved.any():  # snapshot the improved members only
-            for best, p in zip(best_params, member_params):
-                best[improved] = p.detach()[improved]
-            best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0
-        else:
-            epochs_since_update += 1
+        for best, p in zip(best_params, member_params):  # snapshot the improved members only
+            best[improved] = p.detach()[improved]
+        best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
         if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():
-        for best, p in zip(best_params, member_params):
-            p.copy_(best)
+        torch._foreach_copy_(member_params, best_params)
     model.elites.copy_(torch.argsort(best_mse)[: len(model.elites)])
     return holdout, best_mse, epoch
 
@@ -470,12 +452,6 @@ def safe_sqrt(sq):
     return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
 
 
-def model_bias(mean, std):
-    """W2(p_M2, p_M*), with the disagreement of distinct members i != j standing in for the unknown truth."""
-    pairwise = w2_gaussian(mean[:, None], std[:, None], mean[None, :], std[None, :])  # [E, E, B]
-    return pairwise[~torch.eye(len(mean), dtype=torch.bool, device=mean.device)].mean()
-
-
 def predict(model, x, layers=None):
     """Mean and standard deviation of every member on a shared (s, a) batch x [B, in]: [E, B, out] each. layers: other
     weights for model.layers (e.g. M1's), run with this model's normaliser and log-variance bounds."""
@@ -486,13 +462,16 @@ def predict(model, x, layers=None):
 
 def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
     """Eq. 3: L(M2) = shift_coef * W2(p_M1, p_M2) + bias_coef * W2(p_M2, p_M*) on (s, a) batch x [B, in]. The shift
-    pairs each member of M2 with the same member of M1: a valid coupling, so an upper bound on the mixtures' W2.
+    pairs each member of M2 with the same member of M1: a valid coupling, so an upper bound on the mixtures' W2. The
+    bias puts the disagreement of distinct members i != j in place of the unknown truth M*.
     prev_pred: M1's (mean, std) on x when already known (M1 is frozen, so on a fixed batch it is computed once)."""
     if prev_pred is None:
         with torch.no_grad():
             prev_pred = predict(prev_model, x)
     mean2, std2 = predict(model, x)
-    shift, bias = w2_gaussian(*prev_pred, mean2, std2).mean(), model_bias(mean2, std2)
+    shift = w2_gaussian(*prev_pred, mean2, std2).mean()
+    pairwise = w2_gaussian(mean2[:, None], std2[:, None], mean2[None], std2[None])  # [E, E, B]
+    bias = pairwise[~torch.eye(len(mean2), dtype=torch.bool, device=x.device)].mean()
     return shift_coef * shift + bias_coef * bias, shift, bias
 
 
@@ -505,22 +484,21 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
         are shared and trainable: the loss's gradient reaches them through M1 too (l. 194, 966, 999).
       - Row b is scored by one member, p[b] of M1 and q[b] of M2, indices drawn once for the whole run, independently
         (correc_random_inds, l. 363, 821, 854). shift = EMD(M1[p], M2[q]) / B (l. 1014); bias = sum over members e
-        of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866); EMD: compute_emd (their l. 799-803).
+        of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866).
+      - EMD is their compute_EMD (l. 799-803) on [..., B, D]: ONE square root of a sum over the whole batch,
+        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) ), where tf.trace of a [B, D]
+        array sums only its entries (k, k), k < min(B, D): of the variance term, one dimension of each of the first D
+        rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)
     Means are of [r, s' - s] (theirs add s): the differences, and so the loss, are the same up to rounding."""
+
+    def compute_emd(mu1, sd1, mu2, sd2):
+        part2 = torch.diagonal(sd1.square() + sd2.square() - 2 * (sd1 * sd2.square() * sd1).sqrt(), dim1=-2, dim2=-1)
+        return safe_sqrt((mu1 - mu2).square().sum((-2, -1)) + part2.sum(-1))
+
     E, B = mean2.shape[:2]
     rows = torch.arange(B, device=mean2.device)
     mu1, sd1, mu2, sd2 = mean1[p, rows], std1[p, rows], mean2[q, rows], std2[q, rows]  # [B, D]
     return compute_emd(mu1, sd1, mu2, sd2) / B, compute_emd(mu2, sd2, mean2, std2).sum() / B / (E - 1)
-
-
-def compute_emd(mu1, sd1, mu2, sd2):
-    """The authors' compute_EMD on [..., B, D] arrays, ONE square root of a sum over the whole batch:
-        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) ),
-    where tf.trace of a [B, D] array sums only its entries (k, k), k < min(B, D): of the variance term, one dimension
-    of each of the first D rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)"""
-    part1 = (mu1 - mu2).square().sum((-2, -1))
-    part2 = torch.diagonal(sd1.square() + sd2.square() - 2 * (sd1 * sd2.square() * sd1).sqrt(), dim1=-2, dim2=-1).sum(-1)
-    return safe_sqrt(part1 + part2)
 
 
 def authors_finetune_state(args, model):
@@ -580,9 +558,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
 
 # ==== 6. SAC (as MBPO's softlearning SAC) =========================================================
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy, 2 x 256 ReLU."""
-
+class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
     LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(self, obs_dim, act_dim, act_low, act_high):
@@ -593,8 +569,7 @@ class Actor(nn.Module):
         self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
         self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
 
-    def forward(self, obs, deterministic=False):
-        """Action and its log-probability (change of variables through tanh and the action scale)."""
+    def forward(self, obs, deterministic=False):  # action and its log-probability (change of variables: tanh, scale)
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_scale + self.act_bias, None
@@ -607,9 +582,7 @@ class Actor(nn.Module):
         return torch.tanh(u) * self.act_scale + self.act_bias, log_prob
 
 
-class TwinQ(nn.Module):
-    """Two Q-networks (2 x 256 ReLU) as one batched module: (obs, act) -> [2, B]."""
-
+class TwinQ(nn.Module):  # two Q-networks (2 x 256 ReLU) as one batched module: (obs, act) -> [2, B]
     def __init__(self, obs_dim, act_dim):
         super().__init__()
         self.layers = nn.ModuleList(EnsembleLinear(2, i, o) for i, o in [(obs_dim + act_dim, 256), (256, 256), (256, 1)])
@@ -631,8 +604,7 @@ class SAC(nn.Module):
         self.qf_optim = torch.optim.Adam(self.qf.parameters(), lr=args.lr, fused=True)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=args.lr, fused=True)
 
-    def update(self, obs, act, rew, next_obs, terminated):
-        """One SAC step on a batch; returns the losses as tensors (no host sync)."""
+    def update(self, obs, act, rew, next_obs, terminated):  # one SAC step; returns the losses as tensors (no host sync)
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_act, next_log_prob = self.actor(next_obs)
@@ -675,10 +647,12 @@ def model_buffer_capacity(args, k):  # retain_epochs * rollout_batch * (rollouts
 
 
 @torch.no_grad()
-def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
-    """Branch k-step rollouts of the stochastic policy in the model from real start states; every transition is stored,
-    and a rollout that terminates is not continued."""
-    obs = start_obs
+def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
+    """Refill the model buffer: branched k-step rollouts of the stochastic policy in the model (k from the schedule) from
+    rollout_batch_size real start states; every transition is stored, and a rollout that terminates is not continued."""
+    k = rollout_length(epoch, args.rollout_schedule)
+    model_buffer.resize(model_buffer_capacity(args, k))
+    obs = real_buffer.split(real_buffer.sample(args.rollout_batch_size))[0]
     for _ in range(k):
         act, _ = actor(obs)
         rew, next_obs = model.step(obs, act)
@@ -688,14 +662,6 @@ def rollout(model, actor, termination_fn, start_obs, k, model_buffer):
         obs = next_obs[~terminated]
         if len(obs) == 0:
             break
-
-
-def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
-    """Refill the model buffer: rollout_batch_size real start states, k steps each (k from the schedule)."""
-    k = rollout_length(epoch, args.rollout_schedule)
-    model_buffer.resize(model_buffer_capacity(args, k))
-    start = real_buffer.sample(args.rollout_batch_size)
-    rollout(model, actor, termination_fn, real_buffer.split(start)[0], k, model_buffer)
     return dict(rollout_length=k, model_buffer_size=model_buffer.size)
 
 
@@ -715,8 +681,7 @@ class CMLOTrigger:
         self.n, self.s_err, self.s_ev, self.e_bar, self.volumes, self.ratios = 0, 0.0, 0.0, 0.0, [], 0
         self.last_s_ev, self.last_interval = math.nan, math.nan  # at the last trigger: what Figure 1 is about
 
-    def step(self, step, error=None, volume=None):
-        """One env step: error (after the first training), every check_every steps the hull volume; retrain now?"""
+    def step(self, step, error=None, volume=None):  # one env step: error (once trained), every C steps V; retrain now?
         if error is not None:
             self.s_err, self.n = self.s_err + error, self.n + 1
             self.e_bar = self.s_err / self.n
@@ -734,8 +699,7 @@ class CMLOTrigger:
         return False
 
     @torch.no_grad()
-    def observe(self, model, real_buffer, row, step, learning_starts):
-        """Feed the trigger one env step, the stored real transition row [1, row]; returns whether to retrain now."""
+    def observe(self, model, real_buffer, row, step, learning_starts):  # step() on the stored real transition row [1, row]
         obs, act, _, next_obs, _ = real_buffer.split(row)
         error = volume = None
         if step > learning_starts:  # e: the mean over the elites of the L2 error of one sampled s'
@@ -751,8 +715,7 @@ class CMLOTrigger:
 
 
 # ==== 9. The training loop ========================================================================
-def sample_batches(real_buffer, model_buffer, args):
-    """One env step's SAC minibatches, real_ratio of each real, one indexing op per buffer: [updates, batch, row]."""
+def sample_batches(real_buffer, model_buffer, args):  # one env step's SAC minibatches, real_ratio real: [updates, batch, row]
     n_updates, batch_size = args.updates_per_step, args.batch_size
     n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
     rows = real_buffer.sample(n_updates, n_real)
@@ -762,8 +725,7 @@ def sample_batches(real_buffer, model_buffer, args):
 
 
 @torch.no_grad()
-def evaluate(actor, env, n_episodes, device):
-    """Returns of the deterministic policy over n_episodes."""
+def evaluate(actor, env, n_episodes, device):  # returns of the deterministic policy over n_episodes
     returns = []
     for _ in range(n_episodes):
         (obs, _), done, total = env.reset(), False, 0.0
@@ -866,13 +828,13 @@ def main(argv=None):
                 if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
                     model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors, run.phase)
                     model_stats.update(dict(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar) if cmlo else {})
-                    run.model(global_step, model_stats, trained=True)
+                    run.trained(global_step, model_stats)
                 # --- fresh model rollouts from real states, on MBPO's schedule (CMLO too, trained or not)
                 if global_step % args.model_train_freq == 0:
                     epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
-                    run.model(global_step, rollouts)
+                    run.scalars(global_step, "model", rollouts)
                 # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
                     for rows in sample_batches(real_buffer, model_buffer, args):
@@ -930,17 +892,14 @@ class Run:
                        resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)  # fmt: skip
         self.writer, self.csv_path, rows = SummaryWriter(self.run_dir), os.path.join(self.run_dir, "progress.csv"), []
         self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
-        script = sys.argv[0] if sys.argv[0].endswith("usbpo.py") else __file__
-        self.resume_command = f"{sys.executable} {script} --resume {self.run_dir}"
+        self.resume_command = f"{sys.executable} {__file__} --resume {self.run_dir}"
         every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
         print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
         print(f"to continue from the last: {self.resume_command})")
-        with open(os.path.join(self.run_dir, "config.json"), "w") as f:  # rewritten on resume: the budget may have grown
+        with open(os.path.join(self.run_dir, "config.json"), "w") as f:  # again on resume: the budget may have grown
             json.dump(config, f, indent=2)
-        if not args.resume:
-            table = "\n".join(f"|{key}|{value}|" for key, value in config.items())
-            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        else:  # drop the epochs logged after the checkpoint: they are about to be run again
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        if args.resume:  # drop the epochs logged after the checkpoint: they are about to be run again
             with open(self.csv_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < self.start_step]
             print(f"resumed from {self.run_dir} at step {self.step}")
@@ -962,14 +921,12 @@ class Run:
         self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
         self.start_time, self.epoch_start = time.time() - state["wall_time"], time.time() - state["epoch_seconds"]
 
-    def restore(self, checkpoint):
-        """Restore every part (on envs that have been reset once); returns the loop's observation and model stats."""
+    def restore(self, checkpoint):  # every part (on envs reset once); returns the loop's observation and model stats
         for name, (_, restore) in self.parts.items():
             restore(checkpoint[name])
         return checkpoint["obs"], checkpoint["model_stats"]
 
-    def phase(self, text):
-        """A model phase in progress: on the bar, or (without one) a console line at most every 30 s."""
+    def phase(self, text):  # a model phase in progress: on the bar, or (without one) a console line at most every 30 s
         if not self.bar.disable:
             self.bar.set_postfix_str(f"model {text}")
         elif time.time() - self.last_print > 30:
@@ -984,23 +941,21 @@ class Run:
         self.train_returns.append(float(stats["r"]))
         self.scalars(step, "charts", dict(episodic_return=stats["r"], episodic_length=stats["l"]))
 
-    def model(self, step, stats, trained=False):
-        if trained:  # the env steps since the previous training
-            self.interval = step - self.last_training if self.last_training is not None else math.nan
-            self.trainings, self.last_training = self.trainings + 1, step
-        self.scalars(step, "model", {**stats, "interval": self.interval} if trained else stats)
+    def trained(self, step, stats):  # a model training: counted in its epoch, and the env steps since the previous one
+        self.interval = step - self.last_training if self.last_training is not None else math.nan
+        self.trainings, self.last_training = self.trainings + 1, step
+        self.scalars(step, "model", {**stats, "interval": self.interval})
 
-    def epoch(self, step, evaluate, model_stats):
-        """Evaluate (not counted in SPS), write the epoch's row and the console line."""
+    def epoch(self, step, evaluate, model_stats):  # evaluate (not counted in SPS), write the epoch's row and console line
         now = time.time()
         sps, eval_return = self.args.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
         train_return, self.epoch_start = float(np.mean(self.train_returns)) if self.train_returns else np.nan, time.time()
-        row = {key: value for key, value in model_stats.items() if key in CSV_FIELDS}
-        row.update(env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return, train_return=train_return)
+        row = dict(model_stats, env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return)
+        row.update(train_return=train_return)
         row.update(sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings, model_interval=self.interval)
         self.train_returns, self.trainings = [], 0
         with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS, restval=float("nan")).writerow(row)
+            csv.DictWriter(f, CSV_FIELDS, restval=float("nan"), extrasaction="ignore").writerow(row)
         self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
         k, ft = model_stats.get("rollout_length", "-"), model_stats.get("finetune_steps_kept", "-")  # of the last training
         line = f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  k {k}  ft {ft}  "
@@ -1009,8 +964,7 @@ class Run:
         self.bar.write(line) if not self.bar.disable else print(line, flush=True)
         self.last_print = time.time()
 
-    def end_of_step(self, step, obs, model_stats):
-        """Write a checkpoint when one is due or a signal asked to stop; then stop if one did."""
+    def end_of_step(self, step, obs, model_stats):  # a checkpoint when one is due or a signal asked to stop; then stop
         self.bar.update(1)
         if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
             self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()

@@ -10,7 +10,7 @@ Figures:
   sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers
   model_epoch_N      one maximum-likelihood epoch of the 7-member ensemble on N transitions
   finetune_step      one USB fine-tune step (batch 1024) with its validation pass
-  rollout_step_100k  one model step of 100,000 rollouts (policy, one elite per sample, termination)
+  rollout_step_100k  one model step of 100,000 rollouts (real start states, policy, one elite per sample, termination)
   loop_<env>         seconds per 1000 env steps of usbpo.main, the first 1000 steps after learning starts
   loop_<env>_50k     the same with 50,000 real transitions in the buffer
 """
@@ -107,10 +107,11 @@ def components(quick):
     out["finetune_step"] = timeit(finetune_step, 10 if quick else 30)
 
     termination_fn = usbpo.get_termination_fn("Hopper-v4")
-    start = real.data[: 100_000 if len(real.data) >= 100_000 else 50_000, :obs_dim].repeat(2, 1)[:100_000]
     sink = usbpo.ReplayBuffer(100_000, obs_dim, act_dim, DEVICE)
+    one_step = argparse.Namespace(**{**vars(args), "rollout_schedule": (0, 0, 1, 1), "rollout_batch_size": 100_000})
+    one_step.retain_epochs, one_step.epoch_length, one_step.model_train_freq = 1, 1, 1  # sink holds one step's 100k
     out["rollout_step_100k"] = timeit(
-        lambda: usbpo.rollout(model, agent.actor, termination_fn, start, 1, sink), 3 if quick else 10
+        lambda: usbpo.model_rollouts(model, agent.actor, termination_fn, real, sink, one_step, 0), 3 if quick else 10
     )
     return out
 
@@ -123,14 +124,14 @@ class PhaseTimer:
     synchronised at their ends, so the split is exact but the run is a little slower than unwrapped.
     """
 
-    PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "rollout": "model_rollouts"}
+    PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "model_rollouts": "model_rollouts"}
 
     def __init__(self):
         self.start, self.spent, self.saved = None, dict.fromkeys([*self.PHASES.values(), "sac_updates"], 0.0), {}
 
     def wrap(self, owner, name, phase):
         fn = getattr(owner, name)
-        self.saved[owner, name] = fn
+        self.saved.setdefault((owner, name), fn)  # model_rollouts is wrapped twice: restore the original
 
         def timed(*a, **kw):
             t0 = time.perf_counter()
