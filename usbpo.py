@@ -429,9 +429,12 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
-        for best, p in zip(best_params, member_params):  # snapshot the improved members only
-            best[improved] = p.detach()[improved]
-        best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
+        if improved.any():  # snapshot the improved members only
+            for best, p in zip(best_params, member_params):
+                best[improved] = p.detach()[improved]
+            best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0
+        else:
+            epochs_since_update += 1
         if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():

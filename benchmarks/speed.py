@@ -108,8 +108,8 @@ def components(quick):
 
     termination_fn = usbpo.get_termination_fn("Hopper-v4")
     sink = usbpo.ReplayBuffer(100_000, obs_dim, act_dim, DEVICE)
-    one_step = argparse.Namespace(**{**vars(args), "rollout_schedule": (0, 0, 1, 1), "rollout_batch_size": 100_000})
-    one_step.retain_epochs, one_step.epoch_length, one_step.model_train_freq = 1, 1, 1  # sink holds one step's 100k
+    one_step = {"rollout_schedule": (0, 0, 1, 1), "rollout_batch_size": 100_000, "retain_epochs": 1, "epoch_length": 1}
+    one_step = argparse.Namespace(**{**vars(args), **one_step, "model_train_freq": 1})  # k = 1; the sink holds its 100k
     out["rollout_step_100k"] = timeit(
         lambda: usbpo.model_rollouts(model, agent.actor, termination_fn, real, sink, one_step, 0), 3 if quick else 10
     )
