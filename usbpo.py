@@ -31,12 +31,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 # ==== 1. Configuration ============================================================================
-
-# Per-environment settings of the authors' configs (identical to MBPO's); a flag left out takes its value here.
-# rollout_schedule = (epoch_start, epoch_end, k_start, k_end): the rollout length k grows linearly between those
-# epochs. Last, what differs from COMMON_PRESET, such as CMLO's threshold alpha and check interval C (CMLO's configs).
+# The authors' (= MBPO's) settings per environment, for the flags left out. rollout_schedule = (epoch_start, epoch_end,
+# k_start, k_end), k linear in between. Last, what differs from COMMON_PRESET, e.g. CMLO's alpha and C (CMLO's configs).
 PRESET_FLAGS = "updates_per_step model_train_freq retain_epochs rollout_schedule target_entropy total_timesteps".split()
-# fmt: off
 PRESETS = {
     "Hopper":                 (20,  250, 1, (20, 150, 1, 15), -1.0,  125_000, {"cmlo_threshold": 1.2, "cmlo_check_every": 20}),
     "Walker2d":               (20,  250, 1, (20, 150, 1, 1),  -3.0,  300_000, {"cmlo_threshold": 3.0, "cmlo_check_every": 20}),
@@ -46,8 +43,7 @@ PRESETS = {
                                                                                "cmlo_check_every": 50}),
     "InvertedPendulum":       (10,  250, 1, (1, 15, 1, 1),    -0.05,  15_000, {"epoch_length": 250, "learning_starts": 500}),
     "InvertedDoublePendulum": (20,  250, 1, (1, 15, 1, 1),    -0.5,   15_000, {"epoch_length": 250, "learning_starts": 500}),
-}
-# fmt: on
+}  # fmt: skip
 COMMON_PRESET = {"epoch_length": 1000, "learning_starts": 5000, "model_hidden": 200, "cmlo_check_every": 20}
 PRESETS = {family: {**COMMON_PRESET, **dict(zip(PRESET_FLAGS, v)), **extra} for family, (*v, extra) in PRESETS.items()}
 OBS_DIMS = {"Ant": 27, "Humanoid": 45}  # MBPO's observations: Ant without contact forces, Humanoid qpos[2:] and qvel
@@ -67,6 +63,7 @@ def checked(kind, ok, words):  # an argparse type: text -> kind, refused in one 
 POSITIVE_INT, COUNT = checked(int, lambda v: v > 0, "positive"), checked(int, lambda v: v >= 0, "zero or positive")
 POSITIVE, NON_NEGATIVE = checked(float, lambda v: v > 0, "positive"), checked(float, lambda v: v >= 0, "zero or positive")
 FRACTION, OPEN_FRACTION = checked(float, lambda v: 0 <= v <= 1, "in [0, 1]"), checked(float, lambda v: 0 < v < 1, "in (0, 1)")
+AT_LEAST_10 = checked(int, lambda v: v >= 10, "at least 10 (the model needs real data to train and hold out)")
 
 
 def build_parser():
@@ -80,7 +77,7 @@ def build_parser():
     a("--torch-deterministic", type=cleanrl_bool, nargs="?", const=True, default=True, help="cudnn.deterministic")
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
-    a("--learning-starts", type=POSITIVE_INT, help="uniform random steps before model and policy training")
+    a("--learning-starts", type=AT_LEAST_10, help="uniform random steps before model and policy training")
     a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule")
     a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes at the end of each epoch")
     # dynamics ensemble (phase 1)
@@ -151,16 +148,9 @@ def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the
         raise FloatingPointError(phase)
 
 
-def env_family(env_id):
-    family, _, version = env_id.rpartition("-")
-    if family not in PRESETS or version not in SUPPORTED_VERSIONS:
-        fail(f"unsupported environment '{env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
-    return family
-
-
 def parse_args(argv=None):
-    """The flags, checked, and the checkpoint to continue from (None for a new run). A new run fills each flag left out
-    from its environment's preset; --resume RUN keeps the run's flags, but --no-progress and --total-timesteps (to extend)."""
+    """The checked flags (a new run's flags left out from its preset, a resumed run's from its checkpoint) and the
+    checkpoint (or None). A resumed run may change --total-timesteps (to extend it) and --no-progress only."""
     parser = build_parser()
     args, checkpoint = parser.parse_args(argv), None
     if args.resume and not args.evaluate:
@@ -188,7 +178,10 @@ def parse_args(argv=None):
             raise SystemExit(0)
     else:
         args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-        defaults = PRESETS[env_family(args.env_id)]
+        family, _, version = args.env_id.rpartition("-")
+        if family not in PRESETS or version not in SUPPORTED_VERSIONS:
+            fail(f"unsupported environment '{args.env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
+        defaults = PRESETS[family]
         if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
             fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
         for key, value in defaults.items():
@@ -200,8 +193,6 @@ def parse_args(argv=None):
     args.rollout_schedule = tuple(args.rollout_schedule)
     if args.learning_starts > args.total_timesteps:
         fail(f"--learning-starts ({args.learning_starts}) is beyond --total-timesteps ({args.total_timesteps}); train longer")
-    if args.learning_starts < 10:
-        fail("--learning-starts must be at least 10: the model needs real data to train and hold out")
     if args.num_elites > args.ensemble_size:
         fail(f"--num-elites ({args.num_elites}) cannot exceed --ensemble-size ({args.ensemble_size})")
     if args.no_finetune and args.finetune_objective != "w2":
@@ -222,7 +213,7 @@ def parse_args(argv=None):
 def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
     videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
-    family = env_family(env_id)
+    family = env_id.rpartition("-")[0]  # an env id that parse_args accepted
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
@@ -233,21 +224,20 @@ def make_env(env_id, seed, video=None, every_episode=False):
     env.action_space.seed(seed)
     env.reset(seed=seed)  # before the video wrapper: its episodes are the ones that follow
     if video:
-        try:
-            env.render()  # fail now, not at the first evaluation; MuJoCo's GL backends raise various errors
-        except Exception as e:
-            fail(f"MuJoCo cannot render here ({type(e).__name__}: {e}); on a headless machine set MUJOCO_GL=egl (or osmesa)")
-        try:
+        try:  # fail now, not at the first evaluation
+            env.render()
             env = gym.wrappers.RecordVideo(env, video, (lambda i: True) if every_episode else None, disable_logger=True)
         except gym.error.DependencyNotInstalled as e:
             fail(f"--capture-video needs moviepy ({e}): pip install moviepy")
+        except Exception as e:  # MuJoCo's GL backends raise various errors
+            fail(f"MuJoCo cannot render here ({type(e).__name__}: {e}); on a headless machine set MUJOCO_GL=egl (or osmesa)")
     return env
 
 
 def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
     static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
-    family = env_family(env_id)
+    family = env_id.rpartition("-")[0]
 
     def termination_fn(obs, act, next_obs):
         z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
@@ -285,8 +275,7 @@ class ReplayBuffer:
         rows = rows[-self.capacity :]
         idx = (self.ptr + torch.arange(len(rows), device=rows.device)) % self.capacity
         self.data[idx] = rows
-        self.ptr = (self.ptr + len(rows)) % self.capacity
-        self.size = min(self.size + len(rows), self.capacity)
+        self.ptr, self.size = (self.ptr + len(rows)) % self.capacity, min(self.size + len(rows), self.capacity)
 
     def rows(self):  # oldest first
         full = self.size == self.capacity
@@ -345,7 +334,7 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
 
     def __init__(self, obs_dim, act_dim, ensemble_size=7, num_elites=5, hidden=200):
         super().__init__()
-        in_dim, self.out_dim = obs_dim + act_dim, obs_dim + 1
+        in_dim, self.out_dim, self.ensemble_size = obs_dim + act_dim, obs_dim + 1, ensemble_size
         dims = [in_dim, hidden, hidden, hidden, hidden, 2 * self.out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
         for layer in self.layers:  # MBPO's initialisation: truncated normal, std 1 / (2 sqrt(fan_in))
@@ -356,11 +345,8 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
         self.register_buffer("elites", torch.arange(num_elites))
-        self.ensemble_size = ensemble_size
 
-    def fit_normaliser(self, x):
-        """Standardise each input by the data's mean and (population) std, as MBPO's StandardScaler: a constant input
-        keeps std 1 (InvertedDoublePendulum's constraint force is 0 until the cart first hits its rail, then 10)."""
+    def fit_normaliser(self, x):  # as MBPO's StandardScaler: population std, 1 for a constant input (IDP's rail force)
         std = x.std(0, correction=0)
         self.input_mean.copy_(x.mean(0))
         self.input_std.copy_(torch.where(std < 1e-12, 1.0, std))
@@ -371,8 +357,7 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
             h = F.silu(layer(h, members))
         mean, logvar = self.layers[-1](h, members).chunk(2, dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)  # soft bounds, as MBPO
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar
+        return mean, self.min_logvar + F.softplus(logvar - self.min_logvar)
 
     def loss(self, x, y):  # Gaussian NLL summed over members (mean over batch and dims) + weight decay + bound penalty
         mean, logvar = self(x)
@@ -402,10 +387,10 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     """Phase 1, as the authors' bnn.py (MBPO's code): the input scaler is fitted on the training split (`union_train`);
     each member trains on its own bootstrap of it, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
     (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%,
-    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). (mbrl-lib
-    counts the warm start as the first snapshot and stops at `>=`, which keeps the old model where no member gains 1%
-    in 5 epochs, as in most of InvertedDoublePendulum's trainings. To switch: best_mse = the warm start's MSE, and `>=`.)
-    Returns the holdout split (the fine-tune's validation set), the per-member holdout MSE and the epochs run."""
+    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). mbrl-lib differs
+    on all three: it fits the scaler on all the data, counts the warm start as the first snapshot and stops at `>=`, which
+    keeps the old model where no member gains 1% in 5 epochs (most of InvertedDoublePendulum's trainings). To switch:
+    fit_normaliser(inputs), best_mse = the warm start's MSE, and `>=`. Returns: holdout rows, per-member MSE, epochs."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
     perm = torch.randperm(len(inputs), device=inputs.device)
     holdout, train = perm[:n_holdout], perm[n_holdout:]
@@ -414,8 +399,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     bootstrap = train[torch.randint(n_train, (E, n_train), device=inputs.device)]
     member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]  # [E, ...] each
     best_params = [p.detach().clone() for p in member_params]
-    best_mse = torch.full((E,), 1e10, device=inputs.device)
-    epochs_since_update, epoch = 0, 0
+    best_mse, epochs_since_update, epoch = torch.full((E,), 1e10, device=inputs.device), 0, 0
     while True:
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
         for start in range(0, n_train, args.model_batch_size):
@@ -444,15 +428,12 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
 
 
 # ==== 5. The USB fine-tune (phase 2): min over M2 of W2(p_M1, p_M2) + W2(p_M2, p_M*) ==============
-def w2_gaussian(mu1, std1, mu2, std2):
-    """W2 between diagonal Gaussians, per sample (last axis = dimension): ||mu1 - mu2||^2 + ||std1 - std2||^2, squared."""
+def w2_gaussian(mu1, std1, mu2, std2):  # W2 between diagonal Gaussians, per sample (last axis: the dimensions)
     return safe_sqrt((mu1 - mu2).square().sum(-1) + (std1 - std2).square().sum(-1))
 
 
-def safe_sqrt(sq):
-    """sqrt that is exactly 0 at 0 with a zero (not NaN) gradient: identical models give W2 = 0 and gradient 0."""
-    positive = sq > 0
-    return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
+def safe_sqrt(sq):  # exactly 0 at 0 with a zero (not NaN) gradient: identical models give W2 = 0 and gradient 0
+    return torch.where(sq > 0, torch.where(sq > 0, sq, 1.0).sqrt(), 0.0)
 
 
 def predict(model, x, layers=None):
@@ -504,30 +485,24 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
     return compute_emd(mu1, sd1, mu2, sd2) / B, compute_emd(mu2, sd2, mean2, std2).sum() / B / (E - 1)
 
 
-def authors_finetune_state(args, model):
-    """What the authors' fine-tune keeps for the whole run: the member indices p (M1) and q (M2), drawn from the
-    run's seed (their graph draws them once, from NumPy's global state), and one Adam, created once (l. 215) and
-    so never reset between model trainings (its moments and step count carry over). Not reproduced: TF1's Adam
-    puts epsilon outside the bias correction (a difference of order 1e-8 in each step)."""
-    g = torch.Generator().manual_seed(args.seed)
-    p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(model.input_mean.device)
-    return argparse.Namespace(p=p, q=q, optimizer=torch.optim.Adam(model.parameters(), lr=args.finetune_lr))
-
-
 def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
-    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set; the
-    phase-1 model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's
-    authors_finetune_state, to follow the authors' code instead: their objective, their Adam kept across trainings,
-    their stopping rule (more than `patience` steps without improvement, l. 343) and their snapshots of the layers
-    only, so that the log-variance bounds keep their last values (l. 261-276, 330)."""
+    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set; the phase-1
+    model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's Adam for the authors'
+    fine-tune, to follow their code instead: their objective, with member indices p (M1), q (M2) drawn from the run's seed
+    (their graph draws them once); their one Adam (l. 215), whose moments and step count carry over between trainings
+    (TF1's epsilon outside the bias correction, a 1e-8 difference a step, is not reproduced); their stopping rule (more
+    than `patience` steps without improvement, l. 343); snapshots of the layers only, so that the log-variance bounds
+    keep their last values (l. 261-276, 330)."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
+    g = torch.Generator().manual_seed(args.seed)  # p, q: the same in every training of the run
+    p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(train_inputs.device)
     with torch.no_grad():  # M1 is frozen: on the fixed validation set, computed once (the authors' M1 is not frozen)
         val_prev = predict(prev_model, val_inputs) if authors is None else None
 
     def objective(x, prev_pred=None):  # (loss, shift, bias)
         if authors is None:
             return usb_objective(model, prev_model, x, args.shift_coef, args.bias_coef, prev_pred)
-        shift, bias = authors_shift_bias(*predict(model, x, m1_layers), *predict(model, x), authors.p, authors.q)
+        shift, bias = authors_shift_bias(*predict(model, x, m1_layers), *predict(model, x), p, q)
         return args.shift_coef * shift + args.bias_coef * bias, shift, bias
 
     def validate():
@@ -539,7 +514,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
     before = validate()
     best_loss, best_state, steps_kept, since_best = before[0], snapshot(), 0, 0
-    optimizer = authors.optimizer if authors else torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
+    optimizer = authors or torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
     for step in range(1, args.finetune_steps + 1):
         x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
         loss, _, _ = objective(x)
@@ -562,8 +537,6 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
 # ==== 6. SAC (as MBPO's softlearning SAC) =========================================================
 class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
-    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-
     def __init__(self, obs_dim, act_dim, act_low, act_high):
         super().__init__()
         self.net = nn.Sequential(
@@ -576,8 +549,7 @@ class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_scale + self.act_bias, None
-        log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-        noise = torch.randn_like(mean)
+        log_std, noise = log_std.clamp(-20.0, 2.0), torch.randn_like(mean)  # softlearning's bounds on log_std
         u = mean + noise * log_std.exp()
         # log N(u) - log|d tanh(u)/du| - log(scale), with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u))
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -618,18 +590,15 @@ class SAC(nn.Module):
         self.qf_optim.zero_grad(set_to_none=True)
         critic_losses.sum().backward()
         self.qf_optim.step()
-
         new_act, log_prob = self.actor(obs)
         actor_loss = (alpha * log_prob - self.qf(obs, new_act).min(0).values).mean()
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(self.actor.parameters()))  # the critics only score the action
         self.actor_optim.step()
-
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_optim.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_optim.step()
-
         with torch.no_grad():
             torch._foreach_lerp_(list(self.qf_target.parameters()), list(self.qf.parameters()), self.tau)
         (qf1_loss, qf2_loss), (q1, q2) = critic_losses.detach(), q.detach().mean(1)
@@ -651,8 +620,7 @@ def model_buffer_capacity(args, k):  # retain_epochs * rollout_batch * (rollouts
 
 @torch.no_grad()
 def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
-    """Refill the model buffer: branched k-step rollouts of the stochastic policy in the model (k from the schedule) from
-    rollout_batch_size real start states; every transition is stored, and a rollout that terminates is not continued."""
+    """MBPO's branched rollouts: k steps of the stochastic policy in the model from rollout_batch_size real states."""
     k = rollout_length(epoch, args.rollout_schedule)
     model_buffer.resize(model_buffer_capacity(args, k))
     obs = real_buffer.split(real_buffer.sample(args.rollout_batch_size))[0]
@@ -680,9 +648,8 @@ class CMLOTrigger:
     or whenever n >= 500; a training resets S_ev, S_err and n."""
 
     def __init__(self, alpha, check_every, lower=150, upper=500):
-        self.alpha, self.check_every, self.lower, self.upper = alpha, check_every, lower, upper
+        self.alpha, self.check_every, self.lower, self.upper, self.last_s_ev = alpha, check_every, lower, upper, math.nan
         self.n, self.s_err, self.s_ev, self.e_bar, self.volumes, self.ratios = 0, 0.0, 0.0, 0.0, [], 0
-        self.last_s_ev, self.last_interval = math.nan, math.nan  # at the last trigger: what Figure 1 is about
 
     def step(self, step, error=None, volume=None):  # one env step: error (once trained), every C steps V; retrain now?
         if error is not None:
@@ -691,13 +658,11 @@ class CMLOTrigger:
         fire = False
         if volume is not None:
             if self.volumes and error is not None:  # ratios count once the model has been trained
-                self.s_ev += math.log1p(volume / self.volumes[-1] * self.e_bar)
-                self.ratios += 1
+                self.s_ev, self.ratios = self.s_ev + math.log1p(volume / self.volumes[-1] * self.e_bar), self.ratios + 1
                 fire = self.ratios >= 2 and self.n >= self.lower and self.s_ev > self.alpha
             self.volumes.append(volume)
         if fire or self.n >= self.upper:
-            self.last_s_ev, self.last_interval = self.s_ev, self.n
-            self.n, self.s_err, self.s_ev = 0, 0.0, 0.0
+            self.last_s_ev, self.n, self.s_err, self.s_ev = self.s_ev, 0, 0.0, 0.0  # last_s_ev: what Figure 1 is about
             return True
         return False
 
@@ -719,11 +684,10 @@ class CMLOTrigger:
 
 # ==== 9. The training loop ========================================================================
 def sample_batches(real_buffer, model_buffer, args):  # one env step's SAC minibatches, real_ratio real: [updates, batch, row]
-    n_updates, batch_size = args.updates_per_step, args.batch_size
-    n_real = batch_size if model_buffer.size == 0 else int(batch_size * args.real_ratio)
-    rows = real_buffer.sample(n_updates, n_real)
-    if n_real < batch_size:
-        rows = torch.cat([rows, model_buffer.sample(n_updates, batch_size - n_real)], dim=1)
+    n_real = args.batch_size if model_buffer.size == 0 else int(args.batch_size * args.real_ratio)
+    rows = real_buffer.sample(args.updates_per_step, n_real)
+    if n_real < args.batch_size:
+        rows = torch.cat([rows, model_buffer.sample(args.updates_per_step, args.batch_size - n_real)], dim=1)
     return rows
 
 
@@ -742,15 +706,14 @@ def evaluate(actor, env, n_episodes, device):  # returns of the deterministic po
 
 def evaluate_saved(path, episodes, capture_video=False):
     """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a run's checkpoint.pt."""
-    where = "--save-model writes <run folder>/model.pt at the end of a run; checkpoints are <run folder>/checkpoint.pt"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         args, agent = argparse.Namespace(**saved["args"]), saved.get("agent", {})
         actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
     except FileNotFoundError:
-        fail(f"no saved model at {path}; {where}")
+        fail(f"no saved model at {path}; pass <run folder>/model.pt (written by --save-model) or <run folder>/checkpoint.pt")
     except Exception as e:  # not a torch file, or one without a policy
-        fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); {where}")
+        fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); pass a model.pt (--save-model) or a checkpoint.pt")
     video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
     env = make_env(args.env_id, args.seed + 20_000, video, every_episode=True)
     actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
@@ -782,8 +745,7 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
 
 
 def main(argv=None):
-    """MBPO's loop with USB-PO's model update: act, store, (every model_train_freq steps) update the model and roll it
-    out, SAC updates, (every epoch) evaluate and log. Returns the run folder."""
+    """MBPO's loop with USB-PO's model update, in the steps marked below; returns the run folder."""
     args, checkpoint = parse_args(argv)
     if args.evaluate:
         return evaluate_saved(args.evaluate, args.eval_episodes, args.capture_video)
@@ -795,20 +757,18 @@ def main(argv=None):
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
-    authors = authors_finetune_state(args, model) if args.finetune_objective == "authors" else None
+    authors = torch.optim.Adam(model.parameters(), lr=args.finetune_lr) if args.finetune_objective == "authors" else None
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    # --compile on a GPU replays the update (~100 kernels, each shorter than its launch) as CUDA graphs. A graph's
-    # outputs (the losses) are overwritten at its next replay, so the loop reads them before the next update.
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    sac_update = torch.compile(agent.update, mode=mode) if args.compile else agent.update
+    # --compile on a GPU: the update (~100 kernels shorter than their launch) as CUDA graphs; a replay overwrites the losses
+    sac_update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # (CPU: no graphs)
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
     eval_env = make_env(args.env_id, args.seed + 10_000, f"{run.run_dir}/videos" if args.capture_video else None)
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
     obs, _ = env.reset(seed=args.seed + run.start_step)
     with run:
-        obs, model_stats = run.restore(checkpoint) if checkpoint else (obs, {})
+        obs, model_stats = (checkpoint["obs"], checkpoint["model_stats"]) if checkpoint else (obs, {})
         for global_step in range(run.start_step, args.total_timesteps + 1):
             run.step = global_step
             # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
@@ -825,7 +785,6 @@ def main(argv=None):
             if terminated or truncated:
                 run.episode(global_step, info["episode"])
                 obs, _ = env.reset()
-
             if global_step >= args.learning_starts:
                 # --- phase 1, phase 2 every model_train_freq steps (CMLO: at learning starts, then when its trigger fires)
                 if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
@@ -845,7 +804,6 @@ def main(argv=None):
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
                         run.scalars(global_step, "losses", losses)
-
             # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
             if global_step % args.epoch_length == 0:
                 run.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
@@ -859,23 +817,20 @@ def main(argv=None):
 
 
 # ==== 10. Run management: logging, checkpoints ====================================================
-
-CSV_FIELDS = (
-    "env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1 holdout_nll_phase2 "
-    "shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs model_trainings "
-    "model_interval cmlo_s_ev cmlo_e_bar sps wall_time"
-).split()
+CSV_FIELDS = """env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1
+holdout_nll_phase2 shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs
+model_trainings model_interval cmlo_s_ev cmlo_e_bar sps wall_time""".split()
 CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
 
 
 class Run:
-    """A run's folder and reports (config.json, progress.csv, TensorBoard, W&B with --track, console or progress bar),
-    and stopping it without losing it: an atomic checkpoint at the end of every checkpoint_every-th epoch, of the run
-    (to extend it), and of the current env step on SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C; a second one
-    stops at once). Non-finite values and OSErrors (a full disk) stop it in one line that names the last checkpoint."""
+    """A run's folder and reports (config.json, progress.csv, TensorBoard, W&B with --track, console or progress bar), and
+    stopping it without losing it: an atomic checkpoint every checkpoint_every-th epoch, at the run's end (to extend it),
+    and at the current env step on SIGTERM (preemption) or SIGINT (Ctrl-C; a second one stops at once). `with run:`
+    restores a checkpoint; non-finite values and OSErrors (a full disk) stop it in one line naming the last checkpoint."""
 
     def __init__(self, args, extra_config, checkpoint=None):
-        self.args, self.parts, self.signal, self.previous, self.train_returns = args, {}, None, {}, []
+        self.args, self.checkpoint, self.parts, self.signal, self.train_returns = args, checkpoint, {}, None, []
         self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
         self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.run_dir = args.resume or os.path.join(args.runs_dir, name)
@@ -923,11 +878,6 @@ class Run:
     def load_state_dict(self, state):
         self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
         self.start_time, self.epoch_start = time.time() - state["wall_time"], time.time() - state["epoch_seconds"]
-
-    def restore(self, checkpoint):  # every part (on envs reset once); returns the loop's observation and model stats
-        for name, (_, restore) in self.parts.items():
-            restore(checkpoint[name])
-        return checkpoint["obs"], checkpoint["model_stats"]
 
     def phase(self, text):  # a model phase in progress: on the bar, or (without one) a console line at most every 30 s
         if not self.bar.disable:
@@ -989,9 +939,11 @@ class Run:
             return "no checkpoint was written, so the run cannot be continued"
         return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-            self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __enter__(self):  # restore the checkpoint's parts, if any (on envs reset once), and catch the stop signals
+        for name, (_, restore) in self.parts.items() if self.checkpoint else ():
+            restore(self.checkpoint[name])
+        main = threading.current_thread() is threading.main_thread()  # Python delivers signals to the main thread only
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM) if main}
         return self
 
     def request(self, signum, frame):
@@ -1009,13 +961,12 @@ class Run:
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
-    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}, read by saving and resuming alike.
-    Last, what continuing the episode in progress needs: MuJoCo's whole MjData (the derived positions too, which the next
-    reward of Ant or Humanoid reads one substep stale), the time limit's counter, the episode statistics, and the state of
-    every random generator the run draws from (Python's, NumPy's, torch's, the envs')."""
+    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}. Last, what continuing the episode
+    in progress needs: MuJoCo's whole MjData (with the derived positions, which Ant's and Humanoid's next reward reads one
+    substep stale), the time limit's counter, the episode statistics and the random generators (Python, NumPy, torch, envs)."""
     stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
     stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
-    stateful.update({"finetune_optim": authors.optimizer} if authors else {})  # the authors' Adam lives across trainings
+    stateful.update({"finetune_optim": authors} if authors else {})  # the authors' Adam lives across trainings
     parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
     parts.update({"cmlo": (lambda: dict(vars(cmlo)), vars(cmlo).update)} if cmlo else {})  # its state: its attributes
     # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
@@ -1046,7 +997,4 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C before the loop started (in it, the Run turns Ctrl-C into a checkpoint)
-        raise SystemExit("usbpo: interrupted before the run's first step; nothing was written to continue from") from None
+    main()

@@ -52,8 +52,8 @@ def main():
                 optimizer.load_state_dict(ckpt["model_optim"])
             authors = None
             if variant == VARIANTS[1] and args.finetune_objective == "authors":
-                authors = usbpo.authors_finetune_state(args, model)
-                authors.optimizer.load_state_dict(ckpt["finetune_optim"])
+                authors = torch.optim.Adam(model.parameters(), lr=args.finetune_lr)  # the run's, as usbpo.main makes it
+                authors.load_state_dict(ckpt["finetune_optim"])
             torch.manual_seed(seed)  # the same random state for the update of each variant
             update = argparse.Namespace(**{**vars(args), "no_finetune": variant != VARIANTS[1]})
             kept = usbpo.update_model(model, optimizer, real_buffer, model_buffer, update, authors).get(
