@@ -118,7 +118,6 @@ def build_parser():
     a("--lr", type=POSITIVE, default=3e-4, help="Adam learning rate of actor, critics and temperature")
     a("--target-entropy", type=float, help="entropy target of the automatic temperature")
     a("--compile", action="store_true", help="torch.compile the SAC update (on CUDA as CUDA graphs: 1.3x per update, H100)")
-    # run management
     a("--save-model", action="store_true", help="write policy, critics and ensemble to the run folder at the end")
     a("--checkpoint-every", type=COUNT, default=5, help="epochs between resumable checkpoints (0: never)")
     a("--resume", default=None, help="run folder whose checkpoint.pt to continue from")
@@ -146,6 +145,13 @@ def fail(message):  # one line that says what to do, and a non-zero exit code
 def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the step) before it reaches a checkpoint
     if not torch.isfinite(value).all():
         raise FloatingPointError(phase)
+
+
+def env_family(env_id):
+    family, _, version = env_id.rpartition("-")
+    if family not in PRESETS or version not in SUPPORTED_VERSIONS:
+        fail(f"unsupported environment '{env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
+    return family
 
 
 def parse_args(argv=None):
@@ -178,10 +184,7 @@ def parse_args(argv=None):
             raise SystemExit(0)
     else:
         args.cmlo = args.cmlo or args.cmlo_threshold is not None  # an explicit alpha asks for CMLO
-        family, _, version = args.env_id.rpartition("-")
-        if family not in PRESETS or version not in SUPPORTED_VERSIONS:
-            fail(f"unsupported environment '{args.env_id}'; choose one of: {', '.join(f'{f}-v4/-v5' for f in PRESETS)}")
-        defaults = PRESETS[family]
+        defaults = PRESETS[env_family(args.env_id)]
         if args.cmlo and args.cmlo_threshold is None and "cmlo_threshold" not in defaults:
             fail(f"CMLO's configs have no threshold for {args.env_id}: give one with --cmlo-threshold ALPHA")
         for key, value in defaults.items():
@@ -213,7 +216,7 @@ def parse_args(argv=None):
 def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
     videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
-    family = env_id.rpartition("-")[0]  # an env id that parse_args accepted
+    family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
@@ -237,7 +240,7 @@ def make_env(env_id, seed, video=None, every_episode=False):
 def get_termination_fn(env_id):
     """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
     static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
-    family = env_id.rpartition("-")[0]
+    family = env_family(env_id)
 
     def termination_fn(obs, act, next_obs):
         z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
@@ -278,8 +281,7 @@ class ReplayBuffer:
         self.ptr, self.size = (self.ptr + len(rows)) % self.capacity, min(self.size + len(rows), self.capacity)
 
     def rows(self):  # oldest first
-        full = self.size == self.capacity
-        return torch.cat([self.data[self.ptr :], self.data[: self.ptr]]) if full else self.data[: self.size]
+        return self.data.roll(-self.ptr, 0) if self.size == self.capacity else self.data[: self.size]
 
     def resize(self, capacity, rows=None, ptr=0):
         """New capacity, keeping the newest rows (MBPO reallocates its model pool this way), or holding the given rows,
@@ -392,8 +394,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     keeps the old model where no member gains 1% in 5 epochs (most of InvertedDoublePendulum's trainings). To switch:
     fit_normaliser(inputs), best_mse = the warm start's MSE, and `>=`. Returns: holdout rows, per-member MSE, epochs."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
-    perm = torch.randperm(len(inputs), device=inputs.device)
-    holdout, train = perm[:n_holdout], perm[n_holdout:]
+    holdout, train = torch.randperm(len(inputs), device=inputs.device).split([n_holdout, len(inputs) - n_holdout])
     model.fit_normaliser(inputs[train])
     E, n_train = model.ensemble_size, len(train)
     bootstrap = train[torch.randint(n_train, (E, n_train), device=inputs.device)]
@@ -692,13 +693,16 @@ def sample_batches(real_buffer, model_buffer, args):  # one env step's SAC minib
 
 
 @torch.no_grad()
+def numpy_action(actor, obs, device, deterministic=False):  # the policy at the env boundary: NumPy in, NumPy out
+    return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0][0].cpu().numpy()
+
+
 def evaluate(actor, env, n_episodes, device):  # returns of the deterministic policy over n_episodes
     returns = []
     for _ in range(n_episodes):
         (obs, _), done, total = env.reset(), False, 0.0
         while not done:
-            act, _ = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic=True)
-            obs, rew, terminated, truncated, _ = env.step(act[0].cpu().numpy())
+            obs, rew, terminated, truncated, _ = env.step(numpy_action(actor, obs, device, deterministic=True))
             total, done = total + rew, terminated or truncated
         returns.append(total)
     return returns
@@ -761,8 +765,7 @@ def main(argv=None):
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    # --compile on a GPU: the update (~100 kernels shorter than their launch) as CUDA graphs; a replay overwrites the losses
-    sac_update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # (CPU: no graphs)
+    sac_update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # graphs on CUDA
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
     eval_env = make_env(args.env_id, args.seed + 10_000, f"{run.run_dir}/videos" if args.capture_video else None)
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
@@ -772,11 +775,8 @@ def main(argv=None):
         for global_step in range(run.start_step, args.total_timesteps + 1):
             run.step = global_step
             # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
-            if global_step <= args.learning_starts:
-                action = env.action_space.sample()
-            else:
-                with torch.no_grad():
-                    action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+            random_phase = global_step <= args.learning_starts  # uniform random actions, as MBPO's initial exploration
+            action = env.action_space.sample() if random_phase else numpy_action(agent.actor, obs, device)
             next_obs, reward, terminated, truncated, info = env.step(action)
             transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
             real_buffer.add(row := torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
@@ -800,7 +800,7 @@ def main(argv=None):
                 # --- SAC on mixed real and model data
                 if args.updates_per_step > 0:
                     for rows in sample_batches(real_buffer, model_buffer, args):
-                        losses = sac_update(*real_buffer.split(rows))
+                        losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
                         run.scalars(global_step, "losses", losses)
