@@ -941,9 +941,9 @@ class Run:
 
     def __enter__(self):  # restore the checkpoint's parts, if any (on envs reset once), and catch the stop signals
         for name, (_, restore) in self.parts.items() if self.checkpoint else ():
-            restore(self.checkpoint[name])
-        main = threading.current_thread() is threading.main_thread()  # Python delivers signals to the main thread only
-        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM) if main}
+            restore(self.checkpoint.pop(name))  # popped: the run does not keep a second copy of its buffers
+        on_main = threading.current_thread() is threading.main_thread()  # Python delivers signals to the main thread only
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM) if on_main}
         return self
 
     def request(self, signum, frame):
