@@ -5,6 +5,7 @@ against numerical integration, a termination function against the real environme
 training step against the holdout data, a run against the files it must write.
 """
 
+import contextlib
 import copy
 import csv
 import glob
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -1329,20 +1331,82 @@ def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tm
 
 
 # --------------------------------------------------------------------------------------
-# The CUDA-graphed SAC env step (benchmarks/graphed_sac.py, issue 23): GPU only
+# The CUDA-graphed SAC env step (benchmarks/graphed_sac.py, issue 23): its sampler here, the graph on a GPU
 # --------------------------------------------------------------------------------------
 
 
-def test_graphed_sac_env_step_matches_eager():
-    """One env step's sampling and 20 SAC updates replayed as a CUDA graph give the losses, weights and Adam state of
-    the same work run eagerly (same random numbers), while the real buffer grows (no re-capture) and once the model
-    pool is resized (exactly one re-capture). Prepared without a GPU: first run on one is in benchmarks/gpu_session.sh."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
+def load_graphed_sac():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("graphed_sac", os.path.join(HERE, "benchmarks", "graphed_sac.py"))
     graphed_sac = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(graphed_sac)
-    report = graphed_sac.equivalence_check(n_steps=5, resize_at=3)
+    return graphed_sac
+
+
+def test_graphed_sac_step_samples_as_sample_batches():
+    """The graphed step's minibatches, drawn with the buffer sizes on the device (they run on the CPU too), follow
+    sample_batches' rule: rows only from the filled part of each buffer, every such row drawn; all of a batch real while
+    the model buffer is empty, then its first int(batch * real_ratio) rows real and the rest model data."""
+    graphed_sac = load_graphed_sac()
+    args = SimpleNamespace(updates_per_step=4, batch_size=256, real_ratio=0.05)
+    real, model = usbpo.ReplayBuffer(100, 2, 1, "cpu"), usbpo.ReplayBuffer(50, 2, 1, "cpu")
+    real.add(torch.arange(1.0, 31.0)[:, None].expand(30, real.data.shape[1]))  # real rows 1..30 (in 100 slots)
+    batches = []
+    agent = SimpleNamespace(update=lambda obs, *rest: batches.append(obs[:, 0]) or {"loss": obs.sum()})
+    step = graphed_sac.GraphedSACStep(agent, real, model, args)
+    torch.manual_seed(0)
+    for model_rows in (0, 20):
+        model.add(torch.arange(1001.0, 1001.0 + model_rows)[:, None].expand(model_rows, model.data.shape[1]))
+        step.sizes.copy_(torch.tensor([real.size, model.size]))  # what step() writes before a warm-up or replay
+        batches.clear()
+        step.work()
+        ids = torch.stack(batches)
+        n_real = 256 if model_rows == 0 else int(256 * 0.05)
+        real_ids, model_ids = (set(part.unique().tolist()) for part in ids.split([n_real, 256 - n_real], dim=1))
+        assert ids.shape == (4, 256)
+        if model_rows == 0:  # 1024 draws: every real row comes up (each misses with probability < 1e-15)
+            assert real_ids == set(range(1, 31)) and not model_ids
+        else:  # 976 model draws cover its 20 rows (each missed w.p. < 1e-21)
+            assert real_ids <= set(range(1, 31)) and model_ids == set(range(1001, 1021))
+
+
+def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tensor(monkeypatch):
+    """The graphed step's bookkeeping, on the CPU with torch.cuda's streams and graphs replaced by stand-ins (a stand-in
+    capture runs the work once, as capture + first replay do; a later replay runs it again and writes the losses in
+    place): 3 eager warm-ups, then one capture, replays while the real buffer grows, and warm-ups and a capture again
+    only after the model pool's tensor is replaced; its results equal the same work run eagerly, bit for bit."""
+    graphed_sac = load_graphed_sac()
+    captured, replays = [], []
+
+    class Graph:
+        def replay(self):  # the stand-in capture ran the work: the first replay is that run
+            replays.append(self)
+            if getattr(self, "step", None):
+                for key, value in self.step.work().items():
+                    self.step.losses[key].copy_(value)
+            self.step = captured[-1]
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "manual_seed", torch.manual_seed)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    work = graphed_sac.GraphedSACStep.work
+    monkeypatch.setattr(graphed_sac.GraphedSACStep, "work", lambda self: captured.append(self) or work(self))
+    report = graphed_sac.equivalence_check(device="cpu")  # 10 env steps, the model pool resized at the 6th
+    assert report["captures"] == len(set(replays)) == 2 and len(replays) == 4, report  # env steps 3, 4, 8, 9: a replay each
+    assert report["bitwise"] and report["ok"], report
+
+
+def test_graphed_sac_env_step_matches_eager():
+    """One env step's sampling and 20 SAC updates replayed as a CUDA graph give the losses, weights and Adam state of
+    the same work run eagerly (same random numbers), while the real buffer grows (no new capture) and once the model
+    pool is resized (one more warm-up and capture). Prepared without a GPU: its first run is in gpu_session.sh."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
+    report = load_graphed_sac().equivalence_check()
     assert report["ok"], report
