@@ -1398,7 +1398,8 @@ def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tens
     work = graphed_sac.GraphedSACStep.work
     monkeypatch.setattr(graphed_sac.GraphedSACStep, "work", lambda self: captured.append(self) or work(self))
     report = graphed_sac.equivalence_check(device="cpu")  # 10 env steps, the model pool resized at the 6th
-    assert report["captures"] == len(set(replays)) == 2 and len(replays) == 4, report  # env steps 3, 4, 8, 9: a replay each
+    assert report["captures"] == len(set(replays)) == 2, report
+    assert report["replays"] == len(replays) == 4, report  # env steps 3, 4, 8, 9: a replay each
     assert report["bitwise"] and report["ok"], report
 
 

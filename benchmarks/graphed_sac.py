@@ -138,8 +138,8 @@ def hopper_setup(device, real_rows=5000, seed=0, fused=True):
     gen = torch.Generator(device).manual_seed(seed)
     agent = usbpo.SAC(OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM), args).to(device)
     if not fused:
-        for name, params in ("actor_optim", agent.actor), ("qf_optim", agent.qf), ("alpha_optim", None):
-            params = [agent.log_alpha] if params is None else params.parameters()
+        optims = dict(actor_optim=agent.actor.parameters(), qf_optim=agent.qf.parameters(), alpha_optim=[agent.log_alpha])
+        for name, params in optims.items():
             setattr(agent, name, torch.optim.Adam(params, lr=args.lr, foreach=True))
     real = usbpo.ReplayBuffer(args.total_timesteps, OBS_DIM, ACT_DIM, device)
     model = usbpo.ReplayBuffer(usbpo.model_buffer_capacity(args, 1), OBS_DIM, ACT_DIM, device)
@@ -183,13 +183,14 @@ def equivalence_check(n_steps=10, resize_at=5, seed=0, device="cuda", fused=True
     eager_agent = copy.deepcopy(agent)
     graphed, eager = GraphedSACStep(agent, real, model, args), GraphedSACStep(eager_agent, real, model, args)
     eager.WARMUP = math.inf  # never captures: every env step is a warm-up, the same work run eagerly
-    capture_seconds, loss_abs, loss_rel, losses_ok, bitwise = [], 0.0, 0.0, True, True
+    capture_seconds, replays, loss_abs, loss_rel, losses_ok, bitwise = [], 0, 0.0, 0.0, True, True
     for t in range(n_steps):
         if t == resize_at:
             model.resize(usbpo.model_buffer_capacity(args, 2))
             model.add(random_rows(args.rollout_batch_size, gen, device))
         torch.cuda.manual_seed(seed + 1 + t)
         out = torch.stack(list(call(graphed, capture_seconds).values()))
+        replays += graphed.graph is not None  # a call that finds (or makes) a graph replays it
         torch.cuda.manual_seed(seed + 1 + t)
         ref = torch.stack(list(eager().values()))
         diff = (out - ref).abs()
@@ -205,7 +206,7 @@ def equivalence_check(n_steps=10, resize_at=5, seed=0, device="cuda", fused=True
     bitwise &= all(torch.equal(a[name], b[name]) for name in a)
     report = dict(
         env_steps=n_steps, updates_per_step=args.updates_per_step, captures=len(capture_seconds), expected_captures=2,
-        replays=n_steps - 2 * warmup, loss_max_abs_diff=loss_abs, loss_max_rel_diff=loss_rel,
+        replays=replays, loss_max_abs_diff=loss_abs, loss_max_rel_diff=loss_rel,
         tensor_max_abs_diff=diffs[worst], worst_tensor=worst, losses_ok=bool(losses_ok),
         tensors_ok=diffs[worst] <= WEIGHT_ATOL, bitwise=bool(bitwise), adam="fused" if fused else "foreach",
         capture_seconds=capture_seconds,
