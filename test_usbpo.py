@@ -34,7 +34,7 @@ def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
     """The command line of a configuration small enough for a run to go through every phase in seconds."""
     small = (
         "--total-timesteps 750 --learning-starts 250 --epoch-length 250 --model-train-freq 250 --rollout-batch-size 500 "
-        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 5 --finetune-steps 20 --no-progress"
+        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 5 --finetune-steps 20 --no-progress --min-pool-size 0"
     )
     return ["--env-id", env_id, *small.split(), *extra]
 
@@ -150,6 +150,22 @@ def test_termination_fn_agrees_with_env(env_id):
     assert not wrong.any(), f"disagrees with the env at steps {wrong.nonzero().flatten().tolist()}"
     if not env_id.startswith("HalfCheetah"):
         assert 0 < sum(expected) < 3000, "the episodes must show both outcomes for the check to mean something"
+
+
+def test_inverted_double_pendulum_termination_is_the_authors_on_predictions_off_the_unit_circle():
+    """A model's (sin, cos) pairs need not lie on the unit circle: there the rule must be the authors' static fn
+    (mbpo/static/inverted_double_pendulum.py), angles by arctan2 and cos t1 as predicted, written out in NumPy."""
+    rng = np.random.default_rng(0)
+    next_obs = rng.normal(size=(20_000, 11)) * 0.5
+    next_obs[:, 3:5] += 1.0  # near upright, where the boundary height 1 lies
+    s1, s2, c1, c2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
+    y = 0.6 * (c1 + np.cos(np.arctan2(s1, c1) + np.arctan2(s2, c2)))
+    keep = np.abs(y - 1.0) > 1e-6  # float32 rounding may flip a point that lies on the boundary
+    for env_id in ("InvertedDoublePendulum-v4", "InvertedDoublePendulum-v5"):
+        got = usbpo.get_termination_fn(env_id)(None, None, torch.as_tensor(next_obs, dtype=torch.float32)).numpy()
+        assert np.array_equal(got[keep], (y <= 1.0)[keep])
+    unnormalised = 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0  # the same on real observations, not here
+    assert ((y <= 1.0) != unnormalised).sum() > 1000 and 0.2 < (y <= 1.0).mean() < 0.8  # so the check can tell them apart
 
 
 def test_unknown_env_refused_with_supported_list():
@@ -740,7 +756,8 @@ def test_ensemble_linear_equals_one_linear_per_member():
 
 
 def test_actor_log_prob_matches_torch_distributions():
-    from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+    """The log-probability of the action's [-1, 1] form tanh(u), as softlearning's (its envs' actions are normalised)."""
+    from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
     torch.manual_seed(0)
     actor = usbpo.Actor(3, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0])).double()
@@ -751,13 +768,40 @@ def test_actor_log_prob_matches_torch_distributions():
     mean, log_std = actor.net(obs).chunk(2, dim=-1)
     torch.manual_seed(1)
     u = mean + torch.randn_like(mean) * log_std.clamp(-20.0, 2.0).exp()  # softlearning's bounds
-    dist = TransformedDistribution(
-        Normal(mean, log_std.exp()), [TanhTransform(), AffineTransform(actor.act_bias, actor.act_scale)]
-    )
-    reference = dist.log_prob(torch.tanh(u) * actor.act_scale + actor.act_bias).sum(-1)
+    reference = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()]).log_prob(torch.tanh(u)).sum(-1)
+    assert torch.allclose(act, torch.tanh(u) * actor.act_scale + actor.act_bias)
     keep = u.abs().max(-1).values < 3  # where atanh inside torch.distributions is still accurate
     assert keep.sum() > 400
     assert torch.allclose(log_prob[keep], reference[keep], rtol=1e-6, atol=1e-6)
+
+
+def test_humanoid_entropy_target_is_reachable_in_normalised_action_units():
+    """softlearning wraps every env in NormalizeActionWrapper, so the configs' target entropies are those of the action
+    in [-1, 1]. Humanoid acts in +-0.4: per raw unit its entropy is at most 17 ln 0.8 = -3.8, below the target -2, and
+    the temperature would grow without bound. The log-probability must not depend on the action's scale."""
+    space = usbpo.make_env("Humanoid-v4", 0).action_space
+    assert np.allclose(space.high, 0.4) and np.allclose(space.low, -0.4)
+    torch.manual_seed(0)
+    actor, unit = usbpo.Actor(45, 17, space.low, space.high), usbpo.Actor(45, 17, -np.ones(17), np.ones(17))
+    unit.net.load_state_dict(actor.net.state_dict())
+    obs = torch.randn(4096, 45)
+    torch.manual_seed(1)
+    act, log_prob = actor(obs)
+    torch.manual_seed(1)
+    unit_act, unit_log_prob = unit(obs)
+    assert torch.equal(log_prob, unit_log_prob) and torch.allclose(act, 0.4 * unit_act)
+    assert -log_prob.mean() > usbpo.PRESETS["Humanoid"]["target_entropy"] > -log_prob.mean() + 17 * math.log(0.4)
+
+
+def test_sac_waits_for_min_pool_size_real_transitions(tmp_path, monkeypatch):
+    """softlearning's rule (base_sampler.batch_ready): no SAC update before the real buffer holds min_pool_size (1000)
+    transitions. Only the pendulums start earlier (500 random steps), so their SAC begins at step 1000, not 500."""
+    args = usbpo.parse_args(["--env-id", "InvertedDoublePendulum-v4"])[0]
+    assert (args.learning_starts, args.min_pool_size) == (500, 1000)
+    calls, real_update = [], usbpo.SAC.update
+    monkeypatch.setattr(usbpo.SAC, "update", lambda agent, *batch: calls.append(1) or real_update(agent, *batch))
+    usbpo.main(tiny_args_argv("--runs-dir", str(tmp_path), "--min-pool-size", "400"))  # learning starts 250, 750 steps
+    assert len(calls) == 2 * (750 - 400 + 1)  # 2 updates per env step, from step 400 on
 
 
 def kill_at_evaluation(monkeypatch, n):
@@ -801,7 +845,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
     argv = (
         "--env-id Hopper-v4 --total-timesteps 600 --learning-starts 200 --epoch-length 200 --model-train-freq 100 "
         "--rollout-batch-size 200 --updates-per-step 2 --eval-episodes 1 --model-max-epochs 2 --finetune-steps 3 "
-        "--checkpoint-every 1 --no-progress --finetune-objective"
+        "--checkpoint-every 1 --no-progress --min-pool-size 0 --finetune-objective"
     ).split() + [objective]
     whole = usbpo.main(argv + ["--runs-dir", str(tmp_path / "whole")])
     kill_at_evaluation(monkeypatch, 3)  # the evaluation of step 600, after the checkpoint of step 400
@@ -832,7 +876,8 @@ def test_end_to_end_run_writes_every_output(tmp_path):
 
     args = (
         "--env-id InvertedPendulum-v4 --total-timesteps 750 --learning-starts 250 --rollout-batch-size 500 "
-        "--updates-per-step 2 --eval-episodes 2 --model-max-epochs 5 --finetune-steps 10 --save-model --no-progress"
+        "--updates-per-step 2 --eval-episodes 2 --model-max-epochs 5 --finetune-steps 10 --save-model --no-progress "
+        "--min-pool-size 0"
     ).split() + ["--runs-dir", str(tmp_path)]
     run_dir = usbpo.main(args)
     with open(os.path.join(run_dir, "progress.csv")) as f:

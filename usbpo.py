@@ -78,6 +78,7 @@ def build_parser():
     a("--threads", type=POSITIVE_INT, default=1, help="torch CPU threads: 1 never collapses on a shared machine (README)")
     a("--total-timesteps", type=POSITIVE_INT, help="environment steps in the run")
     a("--learning-starts", type=AT_LEAST_10, help="uniform random steps before model and policy training")
+    a("--min-pool-size", type=COUNT, default=1000, help="real transitions before the first SAC update (softlearning's rule)")
     a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule")
     a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes at the end of each epoch")
     # dynamics ensemble (phase 1)
@@ -256,9 +257,9 @@ def get_termination_fn(env_id):
             return ~finite | (angle.abs() > 0.2)
         if family == "InvertedDoublePendulum":
             # obs = [x, sin t1, sin t2, cos t1, cos t2, ...]; the tip is 0.6 above each hinge, so its height is
-            # 0.6 * (cos t1 + cos(t1 + t2)), and the env ends the episode when it is <= 1.
+            # 0.6 * (cos t1 + cos(t1 + t2)), <= 1 ends the episode. As the authors': t1, t2 by atan2, cos t1 as predicted.
             s1, s2, c1, c2 = next_obs[:, 1:5].T
-            return 0.6 * (c1 + c1 * c2 - s1 * s2) <= 1.0
+            return 0.6 * (c1 + torch.cos(torch.atan2(s1, c1) + torch.atan2(s2, c2))) <= 1.0
         return torch.zeros_like(finite)  # HalfCheetah never terminates
 
     return termination_fn
@@ -339,7 +340,8 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
         in_dim, self.out_dim, self.ensemble_size = obs_dim + act_dim, obs_dim + 1, ensemble_size
         dims = [in_dim, hidden, hidden, hidden, hidden, 2 * self.out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        for layer in self.layers:  # MBPO's initialisation: truncated normal, std 1 / (2 sqrt(fan_in))
+        for layer in self.layers:  # MBPO's std 1 / (2 sqrt(fan_in)). torch's +-2 bounds are absolute, so unlike MBPO's (2 std)
+            # nothing is cut: only the first training starts from it, and the committed evidence runs were made with it
             nn.init.trunc_normal_(layer.weight, std=1.0 / (2.0 * math.sqrt(layer.weight.shape[1])))
             nn.init.zeros_(layer.bias)
         self.max_logvar = nn.Parameter(torch.full((1, 1, self.out_dim), 0.5))
@@ -414,12 +416,9 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
         progress(f"phase 1 (maximum likelihood): epoch {epoch}, holdout MSE {mse.mean().item():.4g}")
         check_finite(torch.cat([mse, loss.detach()[None]]), "phase 1 (maximum likelihood)")
         improved = (best_mse - mse) / best_mse > 0.01
-        if improved.any():  # snapshot the improved members only
-            for best, p in zip(best_params, member_params):
-                best[improved] = p.detach()[improved]
-            best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0
-        else:
-            epochs_since_update += 1
+        for best, p in zip(best_params, member_params):  # snapshot the improved members only
+            best[improved] = p.detach()[improved]
+        best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
         if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
             break
     with torch.no_grad():
@@ -524,8 +523,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         optimizer.step()
         val_loss = validate()[0]
         progress(f"phase 2 (fine-tune): step {step}/{args.finetune_steps}, objective {val_loss:.4g}")
-        if not math.isfinite(val_loss):
-            raise FloatingPointError("phase 2 (fine-tune)")
+        check_finite(torch.tensor(val_loss), "phase 2 (fine-tune)")
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
             best_loss, best_state, steps_kept, since_best = val_loss, snapshot(), step, 0
         elif (since_best := since_best + 1) >= args.finetune_patience + (authors is not None):
@@ -546,15 +544,16 @@ class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
         self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
         self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
 
-    def forward(self, obs, deterministic=False):  # action and its log-probability (change of variables: tanh, scale)
+    def forward(self, obs, deterministic=False):  # action, and the log-probability of its [-1, 1] form tanh(u)
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean) * self.act_scale + self.act_bias, None
         log_std, noise = log_std.clamp(-20.0, 2.0), torch.randn_like(mean)  # softlearning's bounds on log_std
         u = mean + noise * log_std.exp()
-        # log N(u) - log|d tanh(u)/du| - log(scale), with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u))
+        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u)). No - log(scale): softlearning
+        # acts in [-1, 1] (actions normalised), so the presets' entropy targets are in those units (Humanoid's +-0.4 needs it)
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1) - self.act_scale.log().sum()
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
         return torch.tanh(u) * self.act_scale + self.act_bias, log_prob
 
 
@@ -631,8 +630,7 @@ def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args
         check_finite(next_obs, "model rollout")
         terminated = termination_fn(obs, act, next_obs)
         model_buffer.add(torch.cat([obs, act, rew[:, None], next_obs, terminated[:, None].float()], dim=-1))
-        obs = next_obs[~terminated]
-        if len(obs) == 0:
+        if len(obs := next_obs[~terminated]) == 0:
             break
     return dict(rollout_length=k, model_buffer_size=model_buffer.size)
 
@@ -774,7 +772,8 @@ def main(argv=None):
         obs, model_stats = (checkpoint["obs"], checkpoint["model_stats"]) if checkpoint else (obs, {})
         for global_step in range(run.start_step, args.total_timesteps + 1):
             run.step = global_step
-            # --- act in the real environment (NumPy only here, at the env boundary) and store the transition
+            # --- act in the real environment (NumPy only here, at the env boundary) and store the transition at once, as
+            # MBPO's Algorithm 2 (the authors' sampler stores a whole episode at its end, up to 1000 steps late)
             random_phase = global_step <= args.learning_starts  # uniform random actions, as MBPO's initial exploration
             action = env.action_space.sample() if random_phase else numpy_action(agent.actor, obs, device)
             next_obs, reward, terminated, truncated, info = env.step(action)
@@ -798,7 +797,7 @@ def main(argv=None):
                     model_stats.update(rollouts)
                     run.scalars(global_step, "model", rollouts)
                 # --- SAC on mixed real and model data
-                if args.updates_per_step > 0:
+                if args.updates_per_step > 0 and global_step >= args.min_pool_size:  # the pendulums: 1000, not 500
                     for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
                     check_finite(torch.stack(list(losses.values())), "SAC update")

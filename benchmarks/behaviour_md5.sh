@@ -4,12 +4,13 @@
 # run whose 500-step checkpoint was written by that revision's usbpo.py and is continued to 750 steps by today's (it
 # must equal the USB-PO run's: old checkpoints stay resumable). One thread per run, two runs at a time.
 #   Usage: [FROM=REV] bash benchmarks/behaviour_md5.sh      (a few minutes on an idle 2-core machine)
+# REV must know --min-pool-size (added after 71fcd74; before it, SAC started at --learning-starts, as with 0 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 py="$PWD/.venv/bin/python"
-tiny=(--env-id Hopper-v4 --learning-starts 250 --epoch-length 250 --model-train-freq 250 --rollout-batch-size 500
-      --updates-per-step 2 --eval-episodes 1 --finetune-steps 20 --no-progress --total-timesteps 750)
+tiny=(--env-id Hopper-v4 --learning-starts 250 --min-pool-size 0 --epoch-length 250 --model-train-freq 250
+      --rollout-batch-size 500 --updates-per-step 2 --eval-episodes 1 --finetune-steps 20 --no-progress --total-timesteps 750)
 run() { OMP_NUM_THREADS=1 "$py" usbpo.py "${tiny[@]}" --runs-dir "$out/$1" "${@:2}" > "$out/$1.log"; }
 md5() { cut -d, -f1-19 "$out/$1"/*/progress.csv | md5sum | cut -c1-12; }
 run w2 & run authors --finetune-objective authors; wait
