@@ -888,6 +888,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         config = json.load(f)
     assert config["total_timesteps"] == 750 and config["versions"]["torch"] == torch.__version__
     assert config["versions"]["mujoco"] == __import__("mujoco").__version__
+    assert config["versions"]["cpu"] == torch.backends.cpu.get_cpu_capability()  # the last digits differ across CPUs
     assert rows[0]["finetune_steps_kept"] == "nan"  # first model training: the model buffer is still empty
     for r in rows[1:]:  # later trainings go through phase 2
         for key in [

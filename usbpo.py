@@ -838,7 +838,8 @@ class Run:
         except OSError as e:
             fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
         versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gym, mujoco)}}
-        config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # versions: physics differ across them
+        versions["cpu"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels, and so the last digits, differ across
+        config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # physics differ across versions
         if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
             try:
                 import wandb
