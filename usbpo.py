@@ -550,8 +550,8 @@ class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
             return torch.tanh(mean) * self.act_scale + self.act_bias, None
         log_std, noise = log_std.clamp(-20.0, 2.0), torch.randn_like(mean)  # softlearning's bounds on log_std
         u = mean + noise * log_std.exp()
-        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u)). No - log(scale): softlearning
-        # acts in [-1, 1] (actions normalised), so the presets' entropy targets are in those units (Humanoid's +-0.4 needs it)
+        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u)). Not - log(scale): softlearning
+        # normalises actions to [-1, 1], the units of the presets' entropy targets (per raw unit, Humanoid's +-0.4 stays < -2)
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
         return torch.tanh(u) * self.act_scale + self.act_bias, log_prob
@@ -797,7 +797,7 @@ def main(argv=None):
                     model_stats.update(rollouts)
                     run.scalars(global_step, "model", rollouts)
                 # --- SAC on mixed real and model data
-                if args.updates_per_step > 0 and global_step >= args.min_pool_size:  # the pendulums: 1000, not 500
+                if args.updates_per_step > 0 and global_step >= args.min_pool_size:  # pendulums: from step 1000, not 500
                     for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
                     check_finite(torch.stack(list(losses.values())), "SAC update")
@@ -838,7 +838,7 @@ class Run:
         except OSError as e:
             fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
         versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gym, mujoco)}}
-        versions["cpu"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels, and so the last digits, differ across
+        versions["cpu"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels (so the last digits) differ by CPU
         config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # physics differ across versions
         if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
             try:
