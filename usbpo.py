@@ -797,7 +797,7 @@ def main(argv=None):
                     model_stats.update(rollouts)
                     run.scalars(global_step, "model", rollouts)
                 # --- SAC on mixed real and model data
-                if args.updates_per_step > 0 and global_step >= args.min_pool_size:  # pendulums: from step 1000, not 500
+                if args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size:  # pendulums: from 1000 steps, not 500
                     for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
                     check_finite(torch.stack(list(losses.values())), "SAC update")
