@@ -764,12 +764,12 @@ def test_actor_log_prob_matches_torch_distributions():
     obs = torch.randn(500, 3, dtype=torch.float64)
     torch.manual_seed(1)
     act, log_prob = actor(obs)
-    assert torch.all(act.abs() <= torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert torch.all(act.abs() <= 1)  # softlearning's units: the env's range only at the env (numpy_action)
     mean, log_std = actor.net(obs).chunk(2, dim=-1)
     torch.manual_seed(1)
     u = mean + torch.randn_like(mean) * log_std.clamp(-20.0, 2.0).exp()  # softlearning's bounds
     reference = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()]).log_prob(torch.tanh(u)).sum(-1)
-    assert torch.allclose(act, torch.tanh(u) * actor.act_scale + actor.act_bias)
+    assert torch.allclose(act, torch.tanh(u))
     keep = u.abs().max(-1).values < 3  # where atanh inside torch.distributions is still accurate
     assert keep.sum() > 400
     assert torch.allclose(log_prob[keep], reference[keep], rtol=1e-6, atol=1e-6)
@@ -789,7 +789,8 @@ def test_humanoid_entropy_target_is_reachable_in_normalised_action_units():
     act, log_prob = actor(obs)
     torch.manual_seed(1)
     unit_act, unit_log_prob = unit(obs)
-    assert torch.equal(log_prob, unit_log_prob) and torch.allclose(act, 0.4 * unit_act)
+    assert torch.equal(log_prob, unit_log_prob) and torch.equal(act, unit_act)
+    assert np.allclose(usbpo.numpy_action(actor, obs[0].numpy(), "cpu", True), 0.4 * unit(obs[:1], True)[0][0].detach())
     assert -log_prob.mean() > usbpo.PRESETS["Humanoid"]["target_entropy"] > -log_prob.mean() + 17 * math.log(0.4)
 
 
@@ -924,6 +925,15 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         "model/finetune_steps_kept",
     ]:
         assert tag in tags, tag
+    # the real buffer holds the actions in [-1, 1], as softlearning's pool (its envs rescale them): replayed from each
+    # stored state, InvertedPendulum (+-3) given 3 a reaches the stored next state, in the random phase and after it
+    rows = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["real_buffer"]["rows"].double()
+    obs, act, _, next_obs, _ = usbpo.ReplayBuffer(1, 4, 1, "cpu").split(rows)
+    assert 0.9 < act.abs().max() <= 1
+    env = usbpo.make_env("InvertedPendulum-v4", 0).unwrapped
+    for i in (10, 100, 300, 500, 700):
+        env.set_state(obs[i, :2].numpy(), obs[i, 2:].numpy())
+        assert np.allclose(env.step(3 * act[i].numpy())[0], next_obs[i].numpy(), atol=1e-4), i
     saved = torch.load(os.path.join(run_dir, "model.pt"))
     actor = usbpo.Actor(4, 1, np.array([-3.0]), np.array([3.0]))
     actor.load_state_dict(saved["actor"])

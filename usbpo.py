@@ -221,8 +221,7 @@ def make_env(env_id, seed, video=None, every_episode=False):
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
-    if family in OBS_DIMS:  # drop contact forces etc.: the first entries are qpos[2:] and qvel
-        n = OBS_DIMS[family]
+    if n := OBS_DIMS.get(family):  # drop contact forces etc.: the first entries are qpos[2:] and qvel
         env = gym.wrappers.TransformObservation(env, lambda obs: obs[:n], gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
@@ -285,8 +284,8 @@ class ReplayBuffer:
         return self.data.roll(-self.ptr, 0) if self.size == self.capacity else self.data[: self.size]
 
     def resize(self, capacity, rows=None, ptr=0):
-        """New capacity, keeping the newest rows (MBPO reallocates its model pool this way), or holding the given rows,
-        oldest first (from a checkpoint): a full buffer is laid out with the next write at ptr, as it was when saved."""
+        """New capacity, keeping the newest rows in time order (MBPO's pool keeps the same rows in its ring's order, so after
+        a wrap it evicts the newest next), or holding given rows (from a checkpoint), laid out with the next write at ptr."""
         if rows is None and capacity == self.capacity:
             return
         rows, device = self.rows()[-capacity:] if rows is None else rows, self.data.device
@@ -390,11 +389,10 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
 def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text: None):
     """Phase 1, as the authors' bnn.py (MBPO's code): the input scaler is fitted on the training split (`union_train`);
     each member trains on its own bootstrap of it, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
-    (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%,
-    and training stops once more than `model_patience` epochs pass without any improving (`_save_best`). mbrl-lib differs
-    on all three: it fits the scaler on all the data, counts the warm start as the first snapshot and stops at `>=`, which
-    keeps the old model where no member gains 1% in 5 epochs (most of InvertedDoublePendulum's trainings). To switch:
-    fit_normaliser(inputs), best_mse = the warm start's MSE, and `>=`. Returns: holdout rows, per-member MSE, epochs."""
+    (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%, and
+    training stops once more than `model_patience` epochs pass without any improving (`_save_best`). mbrl-lib differs on
+    all three (scaler on all the data, the warm start as first snapshot, `>=`), which keeps the old model where no member
+    gains 1% in 5 epochs (most InvertedDoublePendulum trainings). Returns: holdout rows, per-member MSE, epochs."""
     n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
     holdout, train = torch.randperm(len(inputs), device=inputs.device).split([n_holdout, len(inputs) - n_holdout])
     model.fit_normaliser(inputs[train])
@@ -487,12 +485,11 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
 
 def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
     """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set; the phase-1
-    model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's Adam for the authors'
-    fine-tune, to follow their code instead: their objective, with member indices p (M1), q (M2) drawn from the run's seed
-    (their graph draws them once); their one Adam (l. 215), whose moments and step count carry over between trainings
-    (TF1's epsilon outside the bias correction, a 1e-8 difference a step, is not reproduced); their stopping rule (more
-    than `patience` steps without improvement, l. 343); snapshots of the layers only, so that the log-variance bounds
-    keep their last values (l. 261-276, 330)."""
+    model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's Adam, to follow the authors'
+    code instead: their objective, with member indices p (M1), q (M2) drawn once from the run's seed; their one Adam (l. 215),
+    whose moments and step count carry over between trainings (TF1's epsilon placement, 1e-8 a step, is not reproduced);
+    their stop (more than `patience` steps without improvement, l. 343); snapshots of the layers only, so that the
+    log-variance bounds keep their last values (l. 261-276, 330)."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
     g = torch.Generator().manual_seed(args.seed)  # p, q: the same in every training of the run
     p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(train_inputs.device)
@@ -505,9 +502,9 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         shift, bias = authors_shift_bias(*predict(model, x, m1_layers), *predict(model, x), p, q)
         return args.shift_coef * shift + args.bias_coef * bias, shift, bias
 
+    @torch.no_grad()
     def validate():
-        with torch.no_grad():
-            return [v.item() for v in objective(val_inputs, val_prev)]
+        return [v.item() for v in objective(val_inputs, val_prev)]
 
     def snapshot():
         return {k: v.clone() for k, v in model.state_dict().items() if authors is None or k in m1_layers}
@@ -535,7 +532,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
 
 # ==== 6. SAC (as MBPO's softlearning SAC) =========================================================
-class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
+class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU, in [-1, 1] as softlearning's (env units: numpy_action)
     def __init__(self, obs_dim, act_dim, act_low, act_high):
         super().__init__()
         self.net = nn.Sequential(
@@ -544,17 +541,17 @@ class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU
         self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
         self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
 
-    def forward(self, obs, deterministic=False):  # action, and the log-probability of its [-1, 1] form tanh(u)
+    def forward(self, obs, deterministic=False):  # action tanh(u) in [-1, 1], and its log-probability
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         if deterministic:
-            return torch.tanh(mean) * self.act_scale + self.act_bias, None
+            return torch.tanh(mean), None
         log_std, noise = log_std.clamp(-20.0, 2.0), torch.randn_like(mean)  # softlearning's bounds on log_std
         u = mean + noise * log_std.exp()
-        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u)). Not - log(scale): softlearning
-        # normalises actions to [-1, 1], the units of the presets' entropy targets (per raw unit, Humanoid's +-0.4 stays < -2)
+        # log N(u) - log|d tanh(u)/du|, with log(1 - tanh^2 u) = 2 (log 2 - u - softplus(-2u)). In [-1, 1] units, those of
+        # the presets' entropy targets (per raw unit, Humanoid's +-0.4 would keep the entropy below its target -2)
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-        return torch.tanh(u) * self.act_scale + self.act_bias, log_prob
+        return torch.tanh(u), log_prob
 
 
 class TwinQ(nn.Module):  # two Q-networks (2 x 256 ReLU) as one batched module: (obs, act) -> [2, B]
@@ -570,8 +567,8 @@ class TwinQ(nn.Module):  # two Q-networks (2 x 256 ReLU) as one batched module: 
 class SAC(nn.Module):
     def __init__(self, obs_dim, act_dim, act_low, act_high, args):
         super().__init__()
-        self.actor = Actor(obs_dim, act_dim, act_low, act_high)
-        self.qf = TwinQ(obs_dim, act_dim)
+        self.actor = Actor(obs_dim, act_dim, act_low, act_high)  # torch's init, not softlearning's (Keras: glorot-uniform
+        self.qf = TwinQ(obs_dim, act_dim)  # weights, zero biases): kept, as the committed evidence runs were made with it
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.zeros(()))
         self.gamma, self.tau, self.target_entropy = args.gamma, args.tau, args.target_entropy
@@ -691,8 +688,9 @@ def sample_batches(real_buffer, model_buffer, args):  # one env step's SAC minib
 
 
 @torch.no_grad()
-def numpy_action(actor, obs, device, deterministic=False):  # the policy at the env boundary: NumPy in, NumPy out
-    return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0][0].cpu().numpy()
+def numpy_action(actor, obs, device, deterministic=False):  # the policy at the env boundary: NumPy in, env units out
+    action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0][0]
+    return (action * actor.act_scale + actor.act_bias).cpu().numpy()
 
 
 def evaluate(actor, env, n_episodes, device):  # returns of the deterministic policy over n_episodes
@@ -757,6 +755,7 @@ def main(argv=None):
     env, termination_fn = make_env(args.env_id, args.seed), get_termination_fn(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, args).to(device)
+    act_scale, act_bias = (b.cpu().numpy() for b in (agent.actor.act_scale, agent.actor.act_bias))  # stored: [-1, 1]
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
     authors = torch.optim.Adam(model.parameters(), lr=args.finetune_lr) if args.finetune_objective == "authors" else None
@@ -772,12 +771,12 @@ def main(argv=None):
         obs, model_stats = (checkpoint["obs"], checkpoint["model_stats"]) if checkpoint else (obs, {})
         for global_step in range(run.start_step, args.total_timesteps + 1):
             run.step = global_step
-            # --- act in the real environment (NumPy only here, at the env boundary) and store the transition at once, as
-            # MBPO's Algorithm 2 (the authors' sampler stores a whole episode at its end, up to 1000 steps late)
+            # --- act in the real environment (NumPy only here, at the env boundary); store the transition at once, as MBPO's
+            # Algorithm 2 (the authors' sampler stores episodes at their end, so their random phase ends with an episode)
             random_phase = global_step <= args.learning_starts  # uniform random actions, as MBPO's initial exploration
             action = env.action_space.sample() if random_phase else numpy_action(agent.actor, obs, device)
             next_obs, reward, terminated, truncated, info = env.step(action)
-            transition = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
+            transition = np.concatenate([obs, (action - act_bias) / act_scale, [reward], next_obs, [float(terminated)]])
             real_buffer.add(row := torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
             cmlo_fired = cmlo is not None and cmlo.observe(model, real_buffer, row, global_step, args.learning_starts)
             obs = next_obs
@@ -796,8 +795,9 @@ def main(argv=None):
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
                     run.scalars(global_step, "model", rollouts)
-                # --- SAC on mixed real and model data
-                if args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size:  # pendulums: from 1000 steps, not 500
+                # --- SAC on mixed real and model data, from min_pool_size real transitions (pendulums: step 1000, not 500). At
+                # learning_starts it updates before its first action; the authors' loop acts first (kept: the committed runs)
+                if args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size:
                     for rows in sample_batches(real_buffer, model_buffer, args):
                         losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
                     check_finite(torch.stack(list(losses.values())), "SAC update")

@@ -272,8 +272,7 @@ def loop_estimate(n_steps=200, warmup=20, seed=0, device="cuda"):
     times = []
     for i in range(warmup + n_steps):
         start = time.perf_counter()
-        with torch.no_grad():
-            action = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+        action = usbpo.numpy_action(agent.actor, obs, device)  # Hopper acts in [-1, 1]: stored as it is
         next_obs, reward, terminated, truncated, _ = env.step(action)
         row = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]])
         real.add(torch.as_tensor(row, dtype=torch.float32).to(device)[None])
