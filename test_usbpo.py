@@ -1387,7 +1387,8 @@ def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tm
 
 
 # --------------------------------------------------------------------------------------
-# The CUDA-graphed SAC env step (benchmarks/graphed_sac.py, issue 23): its sampler here, the graph on a GPU
+# SACStep, the loop's env step of SAC work, and its CUDA-graphed form (benchmarks/graphed_sac.py, issue 23): the
+# samplers and the graph's bookkeeping here (stand-ins for torch.cuda), the graph itself on a GPU
 # --------------------------------------------------------------------------------------
 
 
@@ -1400,27 +1401,28 @@ def load_graphed_sac():
     return graphed_sac
 
 
-def test_graphed_sac_step_samples_as_sample_batches():
-    """The graphed step's minibatches, drawn with the buffer sizes on the device (they run on the CPU too), follow
-    sample_batches' rule: rows only from the filled part of each buffer, every such row drawn; all of a batch real while
-    the model buffer is empty, then its first int(batch * real_ratio) rows real and the rest model data."""
-    graphed_sac = load_graphed_sac()
-    args = SimpleNamespace(updates_per_step=4, batch_size=256, real_ratio=0.05)
+@pytest.mark.parametrize("graphed", [False, True])
+def test_sac_step_samples_real_ratio_real_rows_and_model_rows(graphed):
+    """Both samplers, usbpo.SACStep's and the graphed step's (with the buffer sizes on the device; it runs on the CPU
+    too), draw rows only from the filled part of each buffer, every such row, and all of a batch real while the model
+    buffer is empty, then its first int(batch * real_ratio) rows real and the rest model data; one batch per update."""
+    args = SimpleNamespace(updates_per_step=4, batch_size=256, real_ratio=0.05, compile=False)
     real, model = usbpo.ReplayBuffer(100, 2, 1, "cpu"), usbpo.ReplayBuffer(50, 2, 1, "cpu")
     real.add(torch.arange(1.0, 31.0)[:, None].expand(30, real.data.shape[1]))  # real rows 1..30 (in 100 slots)
     batches = []
     agent = SimpleNamespace(update=lambda obs, *rest: batches.append(obs[:, 0]) or {"loss": obs.sum()})
-    step = graphed_sac.GraphedSACStep(agent, real, model, args)
+    step = (load_graphed_sac().GraphedSACStep if graphed else usbpo.SACStep)(agent, real, model, args)
     torch.manual_seed(0)
     for model_rows in (0, 20):
         model.add(torch.arange(1001.0, 1001.0 + model_rows)[:, None].expand(model_rows, model.data.shape[1]))
-        step.sizes.copy_(torch.tensor([real.size, model.size]))  # what step() writes before a warm-up or replay
         batches.clear()
-        step.work()
+        if graphed:
+            step.sizes.copy_(torch.tensor([real.size, model.size]))  # what step() writes before a warm-up or replay
+        step.work() if graphed else step()
         ids = torch.stack(batches)
         n_real = 256 if model_rows == 0 else int(256 * 0.05)
         real_ids, model_ids = (set(part.unique().tolist()) for part in ids.split([n_real, 256 - n_real], dim=1))
-        assert ids.shape == (4, 256)
+        assert ids.shape == (4, 256) and len({tuple(row.tolist()) for row in ids}) == 4
         if model_rows == 0:  # 1024 draws: every real row comes up (each misses with probability < 1e-15)
             assert real_ids == set(range(1, 31)) and not model_ids
         else:  # 976 model draws cover its 20 rows (each missed w.p. < 1e-21)
@@ -1467,3 +1469,34 @@ def test_graphed_sac_env_step_matches_eager():
         pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
     report = load_graphed_sac().equivalence_check()
     assert report["ok"], report
+
+
+def test_graphed_env_steps_run_the_loop_through_pool_resizes_and_a_resume(tmp_path, monkeypatch):
+    """usbpo.main with the graphed env step on a GPU: it captures once after its warm-up, replays while the real buffer
+    grows, captures again when the model pool is resized for a new k or restored from a checkpoint, and the run's figures
+    stay finite. Here k goes 1, 2, 3 at env steps 200, 400, 600: a run to 400, extended to 600, warms up at steps 200-202, 400
+    (the pool resized), 401-403 (restored) and 600 (resized), and replays two graphs, captured at steps 203 and 404."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
+    graphed_step = load_graphed_sac().GraphedSACStep
+    calls, call = [], graphed_step.__call__
+
+    def counted(step):  # the graph each env step's SAC work replayed (None: run eagerly, a warm-up)
+        losses = call(step)
+        calls.append(step.graph)
+        return losses
+
+    monkeypatch.setattr(graphed_step, "__call__", counted)
+    monkeypatch.setattr(usbpo, "SACStep", graphed_step)  # as benchmarks/speed.py times the graphed loop
+    argv = (
+        "--env-id Hopper-v4 --learning-starts 200 --epoch-length 200 --model-train-freq 100 --rollout-batch-size 200 "
+        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 2 --finetune-steps 3 --checkpoint-every 1 --no-progress "
+        "--min-pool-size 0 --rollout-schedule 0 2 1 3 --device cuda --total-timesteps 400"
+    ).split()
+    run_dir = usbpo.main(argv + ["--runs-dir", str(tmp_path)])
+    usbpo.main(["--resume", run_dir, "--total-timesteps", "600"])
+    graphs = [g for g in calls if g is not None]
+    assert len(calls) == 401 and len(set(map(id, graphs))) == 2 and len(graphs) == 401 - 8, len(graphs)
+    rows, end = final_state(run_dir)
+    assert [int(r["env_steps"]) for r in rows] == [200, 400, 600] and end["global_step"] == 600
+    assert all(math.isfinite(float(r["eval_return"])) and math.isfinite(float(r["holdout_mse_phase2"])) for r in rows)

@@ -158,8 +158,7 @@ def env_family(env_id):
 def parse_args(argv=None):
     """The checked flags (a new run's flags left out from its preset, a resumed run's from its checkpoint) and the
     checkpoint (or None). A resumed run may change --total-timesteps (to extend it) and --no-progress only."""
-    parser = build_parser()
-    args, checkpoint = parser.parse_args(argv), None
+    args, checkpoint = (parser := build_parser()).parse_args(argv), None
     if args.resume and not args.evaluate:
         try:
             checkpoint = torch.load(path := os.path.join(args.resume, "checkpoint.pt"), map_location="cpu", weights_only=False)
@@ -343,8 +342,7 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
             # nothing is cut: only the first training starts from it, and the committed evidence runs were made with it
             nn.init.trunc_normal_(layer.weight, std=1.0 / (2.0 * math.sqrt(layer.weight.shape[1])))
             nn.init.zeros_(layer.bias)
-        self.max_logvar = nn.Parameter(torch.full((1, 1, self.out_dim), 0.5))
-        self.min_logvar = nn.Parameter(torch.full((1, 1, self.out_dim), -10.0))
+        self.max_logvar, self.min_logvar = (nn.Parameter(torch.full((1, 1, self.out_dim), v)) for v in (0.5, -10.0))
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
         self.register_buffer("elites", torch.arange(num_elites))
@@ -401,7 +399,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     member_params = [p for layer in model.layers for p in (layer.weight, layer.bias)]  # [E, ...] each
     best_params = [p.detach().clone() for p in member_params]
     best_mse, epochs_since_update, epoch = torch.full((E,), 1e10, device=inputs.device), 0, 0
-    while True:
+    while epochs_since_update <= args.model_patience and epoch != args.model_max_epochs:
         order = bootstrap.gather(1, torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1))
         for start in range(0, n_train, args.model_batch_size):
             idx = order[:, start : start + args.model_batch_size]
@@ -417,8 +415,6 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
         for best, p in zip(best_params, member_params):  # snapshot the improved members only
             best[improved] = p.detach()[improved]
         best_mse, epochs_since_update = torch.where(improved, mse, best_mse), 0 if improved.any() else epochs_since_update + 1
-        if epochs_since_update > args.model_patience or epoch == args.model_max_epochs:
-            break
     with torch.no_grad():
         torch._foreach_copy_(member_params, best_params)
     model.elites.copy_(torch.argsort(best_mse)[: len(model.elites)])
@@ -569,12 +565,10 @@ class SAC(nn.Module):
         super().__init__()
         self.actor = Actor(obs_dim, act_dim, act_low, act_high)  # torch's init, not softlearning's (Keras: glorot-uniform
         self.qf = TwinQ(obs_dim, act_dim)  # weights, zero biases): kept, as the committed evidence runs were made with it
-        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.qf_target, self.log_alpha = copy.deepcopy(self.qf).requires_grad_(False), nn.Parameter(torch.zeros(()))
         self.gamma, self.tau, self.target_entropy = args.gamma, args.tau, args.target_entropy
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=args.lr, fused=True)
-        self.qf_optim = torch.optim.Adam(self.qf.parameters(), lr=args.lr, fused=True)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=args.lr, fused=True)
+        params = (self.actor.parameters(), self.qf.parameters(), [self.log_alpha])
+        self.actor_optim, self.qf_optim, self.alpha_optim = (torch.optim.Adam(p, lr=args.lr, fused=True) for p in params)
 
     def update(self, obs, act, rew, next_obs, terminated):  # one SAC step; returns the losses as tensors (no host sync)
         alpha = self.log_alpha.exp().detach()
@@ -664,8 +658,7 @@ class CMLOTrigger:
 
     @torch.no_grad()
     def observe(self, model, real_buffer, row, step, learning_starts):  # step() on the stored real transition row [1, row]
-        obs, act, _, next_obs, _ = real_buffer.split(row)
-        error = volume = None
+        (obs, act, _, next_obs, _), error, volume = real_buffer.split(row), None, None
         if step > learning_starts:  # e: the mean over the elites of the L2 error of one sampled s'
             mean, logvar = model(torch.cat([obs, act], -1).expand(len(model.elites), 1, -1), model.elites)
             delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # [elites, 1, 1 + obs]: reward first
@@ -679,12 +672,20 @@ class CMLOTrigger:
 
 
 # ==== 9. The training loop ========================================================================
-def sample_batches(real_buffer, model_buffer, args):  # one env step's SAC minibatches, real_ratio real: [updates, batch, row]
-    n_real = args.batch_size if model_buffer.size == 0 else int(args.batch_size * args.real_ratio)
-    rows = real_buffer.sample(args.updates_per_step, n_real)
-    if n_real < args.batch_size:
-        rows = torch.cat([rows, model_buffer.sample(args.updates_per_step, args.batch_size - n_real)], dim=1)
-    return rows
+class SACStep:  # one env step's SAC work (benchmarks/graphed_sac.py replays it as one CUDA graph: issue 23, on a GPU)
+    def __init__(self, agent, real_buffer, model_buffer, args):
+        self.buffers, self.args = (real_buffer, model_buffer), args
+        self.update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # graphs on CUDA
+
+    def __call__(self):  # updates_per_step updates on batches int(batch_size * real_ratio) real (all while no model data)
+        (real, model), args = self.buffers, self.args
+        n_real = int(args.batch_size * args.real_ratio) if model.size else args.batch_size
+        rows = real.sample(args.updates_per_step, n_real)
+        if n_real < args.batch_size:
+            rows = torch.cat([rows, model.sample(args.updates_per_step, args.batch_size - n_real)], dim=1)
+        for batch in rows:
+            losses = self.update(*real.split(batch))
+        return losses
 
 
 @torch.no_grad()
@@ -762,7 +763,7 @@ def main(argv=None):
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    sac_update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # graphs on CUDA
+    sac_step = SACStep(agent, real_buffer, model_buffer, args)
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
     eval_env = make_env(args.env_id, args.seed + 10_000, f"{run.run_dir}/videos" if args.capture_video else None)
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
@@ -798,8 +799,7 @@ def main(argv=None):
                 # --- SAC on mixed real and model data, from min_pool_size real transitions (pendulums: step 1000, not 500). At
                 # learning_starts it updates before its first action; the authors' loop acts first (kept: the committed runs)
                 if args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size:
-                    for rows in sample_batches(real_buffer, model_buffer, args):
-                        losses = sac_update(*real_buffer.split(rows))  # a CUDA graph's next replay overwrites them
+                    losses = sac_step()
                     check_finite(torch.stack(list(losses.values())), "SAC update")
                     if global_step % 100 == 0:  # CleanRL's logging interval
                         run.scalars(global_step, "losses", losses)

@@ -2,26 +2,30 @@
 # The prepared checks of issue 23 for one short GPU window: bash benchmarks/gpu_session.sh [STEP ...]
 #
 # PREPARED WITHOUT A GPU: nothing here has been run on one yet. First run, from the repository root on the device
-# machine: `bash benchmarks/gpu_session.sh` (all steps; give the call a limit of about 540 s). A rerun of some steps
-# only: `bash benchmarks/gpu_session.sh b c`.
+# machine: `bash benchmarks/gpu_session.sh` (all steps; give the call a limit of 600 s: a 15-minute device window has
+# no time for a second full run). A rerun of some steps only: `bash benchmarks/gpu_session.sh b c`.
 #
-# Steps, in priority order, each under `timeout`, within BUDGET_S seconds in all (default 480, so that a 15-minute
-# device window keeps time for the machine's start and one rerun):
+# Steps, in priority order, each under `timeout`, within BUDGET_S seconds in all (default 540):
 #   a  the GPU (nvidia-smi -L), torch, CUDA, gymnasium, MuJoCo and pytest versions
-#   b  python benchmarks/graphed_sac.py: the graphed env step against eager (equivalence), ms per env step both ways
-#   c  python -m pytest -q test_usbpo.py -k graphed: the same equivalence as a test
-#   d  python benchmarks/mle_cost.py: one maximum-likelihood training at 5k, 25k, 50k, 125k transitions (CUDA)
-#   e  with the time left: python benchmarks/speed.py --envs Hopper-v4 (about 4 minutes), or else speed.py --quick
+#   b  python benchmarks/graphed_sac.py: the graphed env step against eager (equivalence), ms per env step both ways,
+#      and the Hopper loop without its model side (about 1 minute)
+#   c  python -m pytest -q test_usbpo.py -k graphed: the equivalence as a test, and usbpo.main with graphed env steps
+#      through two pool resizes and a resume (about 1.5 minutes)
+#   e  python benchmarks/speed.py --envs Hopper-v4: the components, then the Hopper loop (steps 5k-6k) eager and with
+#      graphed env steps in the same run, each with its breakdown (about 3.5 minutes); speed.py --quick if under 240 s
+#      are left
+#   d  with the time left: python benchmarks/mle_cost.py: one maximum-likelihood training at 5k, 25k, 50k, 125k
+#      transitions on CUDA, each ended after the epoch that passes 30 s (about 2.5 minutes)
 # Everything goes under $OUT (the device tool brings that folder back): one log per step, the JSON of b and d, and
 # summary.txt (one line per step: exit status, seconds). Exit status 124 is a step stopped by its timeout.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/usbpo-gpu-session}
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-540}
 PY=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$OUT"
-STEPS=${*:-a b c d e}
+STEPS=${*:-a b c e d}
 START=$SECONDS
 
 left() { echo $((BUDGET_S - (SECONDS - START))); }
@@ -57,16 +61,16 @@ if wants b; then
   run b_graphed_sac 180 "$PY" benchmarks/graphed_sac.py --json "$OUT/graphed_sac.json"
 fi
 if wants c; then
-  run c_pytest_graphed 120 "$PY" -m pytest -q test_usbpo.py -k graphed -rs -p no:cacheprovider
-fi
-if wants d; then
-  run d_mle_cost 240 "$PY" benchmarks/mle_cost.py --device cuda --budget-s 40 --json "$OUT/mle_cost.json"
+  run c_pytest_graphed 150 "$PY" -m pytest -q test_usbpo.py -k graphed -rs -p no:cacheprovider
 fi
 if wants e; then
-  if [ "$(left)" -ge 270 ]; then
+  if [ "$(left)" -ge 240 ]; then
     run e_speed_hopper 600 "$PY" benchmarks/speed.py --envs Hopper-v4
   else
     run e_speed_quick 120 "$PY" benchmarks/speed.py --quick
   fi
+fi
+if wants d; then
+  run d_mle_cost 240 "$PY" benchmarks/mle_cost.py --device cuda --budget-s 30 --json "$OUT/mle_cost.json"
 fi
 echo "usbpo gpu_session: done in $((SECONDS - START)) s" | tee -a "$OUT/summary.txt"

@@ -4,16 +4,21 @@ PREPARED WITHOUT A GPU: none of this file's CUDA code has been run yet, and no f
 First run: `python benchmarks/graphed_sac.py` on a CUDA machine (or `bash benchmarks/gpu_session.sh`, which runs it
 first); on a machine without CUDA it prints one line saying so and exits 0.
 
-`GraphedSACStep` is written as it would stand in usbpo.py (for `--compile` on a CUDA device, or the CUDA default once
-measured), so that a GPU window checks the very code to move there; until then usbpo.py does not use it, and its CPU
-path and seeded CSVs are unchanged. On a GPU the loop is bound by the 20 SAC updates of each env step, about a hundred
-small kernels each, every one shorter than its launch (benchmarks/README.md). The class replays all of one env step's
-SAC work as one CUDA graph, with no host sync:
+`GraphedSACStep` is a subclass of `usbpo.SACStep`, the loop's env step of SAC work (usbpo.main calls `sac_step()` once
+per env step), so that a GPU window checks the very code to move into usbpo.py and can time the whole loop with it:
+`benchmarks/speed.py` on CUDA runs usbpo.main with `usbpo.SACStep` replaced by this class, in the same run as the eager
+loop. Until it has been checked on a GPU, usbpo.py does not use it, and its CPU path and seeded CSVs are unchanged.
+Moving it there (for `--compile` on CUDA, or the CUDA default once measured) is its three methods in SACStep, about 40
+lines, to be saved elsewhere: usbpo.py is at its 1,000-line limit.
+
+On a GPU the loop is bound by the 20 SAC updates of each env step, about a hundred small kernels each, every one shorter
+than its launch (benchmarks/README.md). The class replays all of one env step's SAC work as one CUDA graph, with no
+host sync:
 
   * the minibatches of all `updates_per_step` updates, `real_ratio` of each from the real buffer and the rest from the
-    model buffer, as `usbpo.sample_batches`, but with the buffers' sizes read on the device (row = randint(2**62) mod
-    size, uniform up to a bias of size / 2**62; (rand * size).long() would favour some rows of a 6M-row pool 1.5x, as
-    float32 rand has 2**24 values), so that a buffer that grows needs no new capture;
+    model buffer, by SACStep's rule but with the buffers' sizes read on the device (row = randint(2**62) mod size,
+    uniform up to a bias of size / 2**62; (rand * size).long() would favour some rows of a 6M-row pool 1.5x, as float32
+    rand has 2**24 values), so that a buffer that grows needs no new capture;
   * the `updates_per_step` calls of `usbpo.SAC.update` itself (critics, actor, temperature, Polyak target update),
     with usbpo's own fused Adam, marked `capturable` (the fused kernel keeps its step count on the device already).
 
@@ -22,7 +27,7 @@ place, so growth is only a new size. A buffer's tensor is replaced only when its
 time the rollout schedule changes k, about 10 times in a 125k-step Hopper run) or on resume; the step sees the new data
 pointer and captures again. Before each capture, `WARMUP` (3) env steps run the same work eagerly on a side stream, as
 torch.cuda.graph's documentation asks (Adam's lazy state, cuBLAS set-up). They are training steps like any other, so
-no state has to be saved and put back around a capture (an earlier draft did that, in 50 more lines).
+no state has to be saved and put back around a capture.
 
 `equivalence_check` runs two copies of the agent on the same buffers with the same random numbers
 (`torch.cuda.manual_seed` before each env step): one through the graphed step, one through the same class with capture
@@ -30,19 +35,15 @@ switched off (the same work, eagerly), with the real buffer growing every env st
 which must cause exactly one more warm-up and capture. Bitwise equality is expected but not guaranteed (cuBLAS may
 pick other algorithms in a captured stream, and Adam turns a rounding-level difference in a near-zero gradient into
 up to about 2 lr in a weight), so the tolerances are 1e-5 relative (1e-6 absolute) on the losses and 1e-4 absolute on
-weights and Adam state; it says whether the two were bitwise equal. It is not equivalence with
-`usbpo.sample_batches`, whose torch.randint(size) draws other random numbers from the same distribution.
+weights and Adam state; it says whether the two were bitwise equal. It is not equivalence with `usbpo.SACStep`, whose
+torch.randint(size) draws other random numbers from the same distribution.
 
-`timing` measures ms per env step of the eager usbpo path (`usbpo.sample_batches` + 20 x `SAC.update`, as usbpo.main
-runs them) and of the graphed step, synchronised around every env step, at the Hopper preset (obs 11, act 3, 20
-updates of batch 256, real_ratio 0.05) with 5k-6k real rows growing by one per env step and the epoch-1 model pool
-(400,000 rows); `loop_estimate` runs real Hopper steps (acting, env step, storing, graphed SAC, the finiteness check):
-the loop without model training, rollouts, evaluation and logging. The issue's targets: a graphed env step <= 10 ms
-(eager: 86-94 ms on an H100), the Hopper loop <= 25 s per 1000 steps.
-
-Moving it into usbpo.py: the class as it is (after `sample_batches`); in main, `sac_step = GraphedSACStep(agent,
-real_buffer, model_buffer, args)` when `--compile` on CUDA, and `losses = sac_step()` in place of the loop over
-`sample_batches` (about 35 lines, to be saved elsewhere: usbpo.py is at its 1,000-line limit).
+`timing` measures ms per env step of the eager usbpo path (`usbpo.SACStep`: sampling + 20 x `SAC.update`, as usbpo.main
+runs them) and of the graphed step, synchronised around every env step, at the Hopper preset (obs 11, act 3, 20 updates
+of batch 256, real_ratio 0.05) with 5k-6k real rows growing by one per env step and the epoch-1 model pool (400,000
+rows); `loop_estimate` runs real Hopper steps (acting, env step, storing, graphed SAC, the finiteness check): the loop
+without model training, rollouts, evaluation and logging. The issue's targets: a graphed env step <= 10 ms (eager:
+86-94 ms on an H100), the Hopper loop <= 25 s per 1000 steps.
 """
 
 import argparse
@@ -67,30 +68,31 @@ LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 WEIGHT_ATOL = 1e-4
 
 
-# ---- the graphed env step (as it would stand in usbpo.py) --------------------------------------------------------------
-class GraphedSACStep:
+# ---- the graphed env step: usbpo.SACStep, replayed as one CUDA graph -----------------------------------------------------
+class GraphedSACStep(usbpo.SACStep):
     """One env step's SAC work replayed as one CUDA graph, without a host sync: on a GPU an update is about a hundred
     small kernels, each shorter than its launch. The buffer sizes are read on the device, so a growing buffer needs no
     new capture; a new buffer tensor (the model pool resized for a new k, or restored) does. Before each capture, WARMUP
     env steps run the same work eagerly on a side stream, as torch.cuda.graph asks (Adam's state, cuBLAS): they are
     training steps like any other, so nothing is saved and put back. Adam stays fused; capturable only lets it run in a
-    graph (the fused kernel keeps its step count on the device already)."""
+    graph (the fused kernel keeps its step count on the device already). The update itself is usbpo's, uncompiled."""
 
     WARMUP = 3
 
     def __init__(self, agent, real_buffer, model_buffer, args):
-        self.agent, self.buffers, self.args, self.graph, self.layout = agent, (real_buffer, model_buffer), args, None, None
+        super().__init__(agent, real_buffer, model_buffer, argparse.Namespace(**{**vars(args), "compile": False}))
+        self.agent, self.graph, self.layout, self.warm = agent, None, None, 0
         self.sizes = torch.zeros(2, dtype=torch.int64, device=real_buffer.data.device)
-        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the eager warm-up steps
+        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the eager warm-ups
 
-    def work(self):  # sample_batches with the sizes on the device (row = randint(2^62) mod size), then the updates
+    def work(self):  # SACStep's rule with the sizes on the device (row = randint(2^62) mod size), then the updates
         shape, n_real = (self.args.updates_per_step, self.args.batch_size), int(self.args.batch_size * self.args.real_ratio)
         real, model = (
             b.data[torch.randint(2**62, shape, device=n.device) % n.clamp_min(1)] for b, n in zip(self.buffers, self.sizes)
         )
         rows = torch.where(self.sizes[1] > 0, torch.cat([real[:, :n_real], model[:, n_real:]], 1), real)  # all real at first
         for batch in rows:
-            losses = self.agent.update(*self.buffers[0].split(batch))
+            losses = self.update(*self.buffers[0].split(batch))
         return losses
 
     def __call__(self):  # the losses of the env step's last update: tensors that the next replay overwrites
@@ -237,15 +239,13 @@ def summary(times):
 
 
 def timing(n_steps=200, warmup=20, seed=0, device="cuda"):
-    """ms per env step: the eager usbpo path (usbpo.sample_batches + SAC.update x 20) and the graphed step. A graphed
+    """ms per env step: the eager usbpo path (usbpo.SACStep without --compile) and the graphed step. A graphed
     step that fails is reported as an error next to the eager figure."""
     device = torch.device(device)
     args, agent, real, model, gen = hopper_setup(device, seed=seed)
     graphed_agent = copy.deepcopy(agent)
 
-    def eager_step():
-        for rows in usbpo.sample_batches(real, model, args):
-            agent.update(*real.split(rows))
+    eager_step = usbpo.SACStep(agent, real, model, args)  # as usbpo.main without --compile
 
     rows_before = real.size
     out = dict(eager=summary(time_steps(eager_step, real, gen, n_steps, warmup)), model_rows=model.size)
@@ -331,7 +331,7 @@ def main():
         e = tm["eager"]
         print(
             f"ms per env step ({e['n']} steps; real rows {tm['real_rows'][0]} -> {tm['real_rows'][1]}, model pool "
-            f"{tm['model_rows']}): eager usbpo (sample_batches + 20 x SAC.update) median {e['median_ms']:.2f} "
+            f"{tm['model_rows']}): eager usbpo (SACStep: sampling + 20 x SAC.update) median {e['median_ms']:.2f} "
             f"(mean {e['mean_ms']:.2f}, p90 {e['p90_ms']:.2f})",
             flush=True,
         )

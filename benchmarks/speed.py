@@ -7,15 +7,18 @@ Python, e.g. /tmp/venv-mbrl/bin/python) in the same run, and the ratio is printe
 
 Figures:
   sac_update         one SAC update, batch 256 (twin critics, actor, temperature, target)
-  sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers
+  sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers (usbpo.SACStep, eager)
   model_epoch_N      one maximum-likelihood epoch of the 7-member ensemble on N transitions
   finetune_step      one USB fine-tune step (batch 1024) with its validation pass
   rollout_step_100k  one model step of 100,000 rollouts (real start states, policy, one elite per sample, termination)
   loop_<env>         seconds per 1000 env steps of usbpo.main, the first 1000 steps after learning starts
   loop_<env>_50k     the same with 50,000 real transitions in the buffer
+  loop_<env>_graphed  the same loop, in the same run, with each env step's SAC work replayed as one CUDA graph
+                     (usbpo.SACStep replaced by graphed_sac.GraphedSACStep; on CUDA only, issue 23)
 """
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -75,13 +78,7 @@ def components(quick):
     batch = real.split(torch.randn(256, width, device=DEVICE))
     out = {"sac_update": timeit(lambda: agent.update(*batch), 30 if quick else 200)}
 
-    def env_step():
-        for rows in usbpo.sample_batches(
-            real, model_buffer, argparse.Namespace(updates_per_step=20, batch_size=256, real_ratio=0.05)
-        ):
-            agent.update(*real.split(rows))
-
-    out["sac_env_step"] = timeit(env_step, 5 if quick else 20)
+    out["sac_env_step"] = timeit(usbpo.SACStep(agent, real, model_buffer, args), 5 if quick else 20)  # as main, eager
 
     model = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -125,6 +122,7 @@ class PhaseTimer:
     """
 
     PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "model_rollouts": "model_rollouts"}
+    # sac_updates: the env step's SAC work, its minibatch sampling included (with --compile on CUDA, one graph replay)
 
     def __init__(self):
         self.start, self.spent, self.saved = None, dict.fromkeys([*self.PHASES.values(), "sac_updates"], 0.0), {}
@@ -150,12 +148,24 @@ class PhaseTimer:
         for name, phase in self.PHASES.items():
             self.wrap(usbpo, name, phase)
         self.wrap(usbpo, "model_rollouts", "first_model_training")
-        self.wrap(usbpo.SAC, "update", "sac_updates")
+        self.wrap(usbpo.SACStep, "__call__", "sac_updates")
         return self
 
     def __exit__(self, *exc):
         for (owner, name), fn in self.saved.items():
             setattr(owner, name, fn)
+
+
+@contextlib.contextmanager
+def graphed_env_steps():
+    """usbpo.main with each env step's SAC work replayed as one CUDA graph: usbpo.SACStep is graphed_sac.GraphedSACStep."""
+    import graphed_sac  # beside this file; it imports the same usbpo module
+
+    saved, usbpo.SACStep = usbpo.SACStep, graphed_sac.GraphedSACStep
+    try:
+        yield
+    finally:
+        usbpo.SACStep = saved
 
 
 def loop_seconds_per_1000(env_id, learning_starts, extra=()):
@@ -197,6 +207,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="components only, fewer repeats")
     p.add_argument("--envs", nargs="*", default=["Hopper-v4", "Walker2d-v4"], help="presets for the whole-loop figures")
     p.add_argument("--with-50k", action="store_true", help="also time the loop with 50k real transitions (slow on CPU)")
+    p.add_argument("--no-graphed-loop", action="store_true", help="on CUDA, skip the loop with graphed env steps")
     p.add_argument("--peer", default=None, help="Python of a venv with mbrl-lib: also time its MBPO at the Hopper preset")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of usbpo and of the peer (usbpo.py's default: 1)")
@@ -211,11 +222,20 @@ def main():
     peak = matmul_peak()
     flops = sac_flops(11, 3)
     results, breakdowns = components(args.quick), {}
-    if not args.quick:
-        for env_id in args.envs:
-            results[f"loop_{env_id}"], breakdowns[f"loop_{env_id}"] = loop_seconds_per_1000(env_id, 5000)
-            if args.with_50k:
-                results[f"loop_{env_id}_50k"], breakdowns[f"loop_{env_id}_50k"] = loop_seconds_per_1000(env_id, 50_000)
+    print(", ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in results.items()), flush=True)  # if a loop is cut
+
+    def loop(name, env_id, learning_starts):  # one loop figure, printed at once
+        results[name], breakdowns[name] = loop_seconds_per_1000(env_id, learning_starts)
+        parts = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in breakdowns[name].items())
+        print(f"{name}: {results[name]:.1f} s per 1000 env steps ({parts})", flush=True)
+
+    for env_id in [] if args.quick else args.envs:
+        loop(f"loop_{env_id}", env_id, 5000)
+        if DEVICE.type == "cuda" and not args.no_graphed_loop:
+            with graphed_env_steps():
+                loop(f"loop_{env_id}_graphed", env_id, 5000)
+        if args.with_50k:
+            loop(f"loop_{env_id}_50k", env_id, 50_000)
 
     print(f"\n{'figure':<24}{'time':>14}")
     for name, seconds in results.items():
