@@ -1411,6 +1411,7 @@ def test_sac_step_samples_real_ratio_real_rows_and_model_rows(graphed):
     real.add(torch.arange(1.0, 31.0)[:, None].expand(30, real.data.shape[1]))  # real rows 1..30 (in 100 slots)
     batches = []
     agent = SimpleNamespace(update=lambda obs, *rest: batches.append(obs[:, 0]) or {"loss": obs.sum()})
+    agent.actor_optim = agent.qf_optim = agent.alpha_optim = None  # not stepped here
     step = (load_graphed_sac().GraphedSACStep if graphed else usbpo.SACStep)(agent, real, model, args)
     torch.manual_seed(0)
     for model_rows in (0, 20):
@@ -1429,20 +1430,20 @@ def test_sac_step_samples_real_ratio_real_rows_and_model_rows(graphed):
             assert real_ids <= set(range(1, 31)) and model_ids == set(range(1001, 1021))
 
 
-def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tensor(monkeypatch):
-    """The graphed step's bookkeeping, on the CPU with torch.cuda's streams and graphs replaced by stand-ins (a stand-in
-    capture runs the work once, as capture + first replay do; a later replay runs it again and writes the losses in
-    place): 3 eager warm-ups, then one capture, replays while the real buffer grows, and warm-ups and a capture again
-    only after the model pool's tensor is replaced; its results equal the same work run eagerly, bit for bit."""
-    graphed_sac = load_graphed_sac()
+@pytest.fixture
+def cuda_stand_ins(monkeypatch):
+    """torch.cuda's streams and graphs replaced by stand-ins, so that the graphed steps' bookkeeping runs on the CPU: a
+    stand-in capture runs the work once, as capture and first replay do, and a later replay runs it again and writes its
+    result into the captured output in place. Returns the lists of captured steps and of replayed graphs."""
     captured, replays = [], []
 
     class Graph:
-        def replay(self):  # the stand-in capture ran the work: the first replay is that run
+        def replay(self):
             replays.append(self)
             if getattr(self, "step", None):
-                for key, value in self.step.work().items():
-                    self.step.losses[key].copy_(value)
+                out, new = self.step.out, self.step.work()
+                for old_value, new_value in zip(out.values(), new.values()) if isinstance(out, dict) else [(out, new)]:
+                    old_value.copy_(new_value)
             self.step = captured[-1]
 
     stream = SimpleNamespace(wait_stream=lambda other: None)
@@ -1453,11 +1454,29 @@ def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tens
     monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "manual_seed", torch.manual_seed)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    work = graphed_sac.GraphedSACStep.work
-    monkeypatch.setattr(graphed_sac.GraphedSACStep, "work", lambda self: captured.append(self) or work(self))
+    graphed_sac = load_graphed_sac()
+    for cls in (graphed_sac.GraphedSACStep, graphed_sac.GraphedMLEStep):
+        monkeypatch.setattr(cls, "work", lambda self, work=cls.work: captured.append(self) or work(self))
+    return graphed_sac, captured, replays
+
+
+def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tensor(cuda_stand_ins):
+    """The graphed env step's bookkeeping, on the CPU with stand-ins for torch.cuda: 3 eager warm-ups, then one
+    capture, replays while the real buffer grows, and warm-ups and a capture again only after the model pool's tensor
+    is replaced; its results equal the same work run eagerly, bit for bit."""
+    graphed_sac, captured, replays = cuda_stand_ins
     report = graphed_sac.equivalence_check(device="cpu")  # 10 env steps, the model pool resized at the 6th
     assert report["captures"] == len(set(replays)) == 2, report
     assert report["replays"] == len(replays) == 4, report  # env steps 3, 4, 8, 9: a replay each
+    assert report["bitwise"] and report["ok"], report
+
+
+def test_graphed_mle_step_warms_up_captures_once_and_matches_eager(cuda_stand_ins):
+    """The graphed maximum-likelihood step, likewise: 3 warm-ups, one capture, then replays of the minibatches copied
+    into its static index buffer; losses, weights and Adam state equal the same steps run eagerly, bit for bit."""
+    graphed_sac, captured, replays = cuda_stand_ins
+    report = graphed_sac.mle_equivalence_check(device="cpu", n=600)  # 10 steps
+    assert report["captures"] == len(set(replays)) == 1 and report["replays"] == len(replays) == 7, report
     assert report["bitwise"] and report["ok"], report
 
 
@@ -1467,8 +1486,9 @@ def test_graphed_sac_env_step_matches_eager():
     pool is resized (one more warm-up and capture). Prepared without a GPU: its first run is in gpu_session.sh."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
-    report = load_graphed_sac().equivalence_check()
-    assert report["ok"], report
+    graphed_sac = load_graphed_sac()
+    report, mle_report = graphed_sac.equivalence_check(), graphed_sac.mle_equivalence_check()
+    assert report["ok"] and mle_report["ok"], (report, mle_report)
 
 
 def test_graphed_env_steps_run_the_loop_through_pool_resizes_and_a_resume(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@
 # Steps, in priority order, each under `timeout`, within BUDGET_S seconds in all (default 540):
 #   a  the GPU (nvidia-smi -L), torch, CUDA, gymnasium, MuJoCo and pytest versions
 #   b  python benchmarks/graphed_sac.py: the graphed env step against eager (equivalence), ms per env step both ways,
-#      and the Hopper loop without its model side (about 1 minute)
+#      the graphed maximum-likelihood minibatch step likewise (at 50k transitions), and the Hopper loop without its
+#      model side (about 1 minute)
 #   c  python -m pytest -q test_usbpo.py -k graphed: the equivalence as a test, and usbpo.main with graphed env steps
 #      through two pool resizes and a resume (about 1.5 minutes)
 #   e  python benchmarks/speed.py --envs Hopper-v4: the components, then the Hopper loop (steps 5k-6k) eager and with

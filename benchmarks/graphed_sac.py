@@ -68,20 +68,44 @@ LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 WEIGHT_ATOL = 1e-4
 
 
-# ---- the graphed env step: usbpo.SACStep, replayed as one CUDA graph -----------------------------------------------------
-class GraphedSACStep(usbpo.SACStep):
-    """One env step's SAC work replayed as one CUDA graph, without a host sync: on a GPU an update is about a hundred
-    small kernels, each shorter than its launch. The buffer sizes are read on the device, so a growing buffer needs no
-    new capture; a new buffer tensor (the model pool resized for a new k, or restored) does. Before each capture, WARMUP
-    env steps run the same work eagerly on a side stream, as torch.cuda.graph asks (Adam's state, cuBLAS): they are
-    training steps like any other, so nothing is saved and put back. Adam stays fused; capturable only lets it run in a
-    graph (the fused kernel keeps its step count on the device already). The update itself is usbpo's, uncompiled."""
+# ---- one CUDA graph per step: capture after a warm-up, then replay ---------------------------------------------------------
+class Replayed:
+    """`work()` replayed as one CUDA graph, without a host sync. The first WARMUP calls run it eagerly on a side stream,
+    as torch.cuda.graph asks (Adam's lazy state, cuBLAS set-up): they are training steps like any other, so nothing is
+    saved and put back. The next call captures it, with the Adams in `self.optims` made capturable (they stay fused: the
+    fused kernel keeps its step count on the device already), and replays it; every later call replays it, until
+    `self.graph = None` asks for a new warm-up and capture. `self.out`: work()'s result, tensors each replay overwrites."""
 
-    WARMUP = 3
+    WARMUP, graph, warm, out = 3, None, 0, None
+
+    def replay(self):
+        if self.graph is None and self.warm < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.out, self.warm = self.work(), self.warm + 1
+            torch.cuda.current_stream().wait_stream(side)
+            return self.out
+        if self.graph is None:
+            for optim in self.optims:
+                optim.param_groups[0]["capturable"] = True  # one group each
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.work()
+        self.graph.replay()
+        return self.out
+
+
+# ---- the graphed env step: usbpo.SACStep, replayed as one CUDA graph -----------------------------------------------------
+class GraphedSACStep(usbpo.SACStep, Replayed):
+    """One env step's SAC work (the minibatches of all its updates, then the updates) as one CUDA graph: on a GPU an
+    update is about a hundred small kernels, each shorter than its launch. The buffer sizes are read on the device, so a
+    growing buffer needs no new capture; a new buffer tensor (the model pool resized for a new k, or restored) does. The
+    update itself is usbpo's, uncompiled."""
 
     def __init__(self, agent, real_buffer, model_buffer, args):
         super().__init__(agent, real_buffer, model_buffer, argparse.Namespace(**{**vars(args), "compile": False}))
-        self.agent, self.graph, self.layout, self.warm = agent, None, None, 0
+        self.optims, self.layout = (agent.actor_optim, agent.qf_optim, agent.alpha_optim), None
         self.sizes = torch.zeros(2, dtype=torch.int64, device=real_buffer.data.device)
         warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the eager warm-ups
 
@@ -100,21 +124,31 @@ class GraphedSACStep(usbpo.SACStep):
             n.fill_(buffer.size)  # a kernel argument: no host sync
         if (layout := [buffer.data.data_ptr() for buffer in self.buffers]) != self.layout:  # a new tensor: capture again
             self.graph, self.layout, self.warm = None, layout, 0
-        if self.graph is None and self.warm < self.WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.losses, self.warm = self.work(), self.warm + 1
-            torch.cuda.current_stream().wait_stream(side)
-            return self.losses
-        if self.graph is None:
-            for optim in (self.agent.actor_optim, self.agent.qf_optim, self.agent.alpha_optim):
-                optim.param_groups[0]["capturable"] = True  # one group each
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.losses = self.work()
-        self.graph.replay()
-        return self.losses
+        return self.replay()
+
+
+# ---- the graphed maximum-likelihood step: one minibatch of usbpo.train_ensemble ------------------------------------------
+class GraphedMLEStep(Replayed):
+    """One minibatch step of usbpo.train_ensemble (the Gaussian NLL of the E members on their [E, batch] bootstrap rows,
+    weight decay and bound penalty, then the fused Adam step) as one CUDA graph. The rows' indices are copied into a
+    static buffer and the graph gathers the training tensors in place, so one capture serves a whole training; a new
+    training (new tensors) would capture again. train_ensemble's last, shorter minibatch of an epoch would stay eager."""
+
+    def __init__(self, model, optimizer, inputs, targets, batch):
+        self.model, self.optims, self.inputs, self.targets = model, (optimizer,), inputs, targets
+        self.idx = torch.zeros(model.ensemble_size, batch, dtype=torch.int64, device=inputs.device)
+        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
+
+    def work(self):  # train_ensemble's minibatch step, word for word
+        loss = self.model.loss(self.inputs[self.idx], self.targets[self.idx])
+        self.optims[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optims[0].step()
+        return loss.detach()
+
+    def __call__(self, idx):  # idx [E, batch]: copied on the device, then the step replayed
+        self.idx.copy_(idx)
+        return self.replay()
 
 
 # ---- Hopper-sized setup -----------------------------------------------------------------------------------------------
@@ -150,22 +184,22 @@ def hopper_setup(device, real_rows=5000, seed=0, fused=True):
     return args, agent, real, model, gen
 
 
-def call(step, capture_seconds):
-    """step(); the seconds of a call that captured a graph (capture and first replay) are appended to capture_seconds."""
+def call(step, capture_seconds, *args):
+    """step(*args); the seconds of a call that captured a graph (capture and first replay) go to capture_seconds."""
     before, start = step.graph, time.perf_counter()
-    losses = step()
+    losses = step(*args)
     if step.graph is not None and step.graph is not before:
         torch.cuda.synchronize()
         capture_seconds.append(time.perf_counter() - start)
     return losses
 
 
-def agent_tensors(agent):
-    """Name -> tensor of everything an update changes: weights, target critics, temperature, Adam state."""
+def agent_tensors(agent, optims=None):
+    """Name -> tensor of everything an update changes: weights, target critics, temperature, Adam state (of the agent's
+    three Adams, or of optims)."""
     out = {f"weight {name}": p.detach() for name, p in agent.named_parameters()}
     names = {id(p): name for name, p in agent.named_parameters()}
-    for optim_name in ("actor_optim", "qf_optim", "alpha_optim"):
-        optim = getattr(agent, optim_name)
+    for optim in optims or (agent.actor_optim, agent.qf_optim, agent.alpha_optim):
         for p, state in optim.state.items():
             for k, v in state.items():
                 out[f"adam {names[id(p)]}.{k}"] = v.detach().float()
@@ -286,6 +320,95 @@ def loop_estimate(n_steps=200, warmup=20, seed=0, device="cuda"):
     return dict(summary(times), s_per_1000_env_steps=statistics.fmean(times), captures=len(capture_seconds))
 
 
+# ---- the maximum-likelihood step ----------------------------------------------------------------------------------------
+def mle_setup(device, n, seed=0):
+    """A fresh Hopper-preset ensemble with its fused Adam (as usbpo.main builds them), its normaliser fitted, and
+    train_ensemble's inputs and targets from n rows shaped like Hopper transitions (random_rows)."""
+    args = hopper_args(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
+    buffer = usbpo.ReplayBuffer(n, OBS_DIM, ACT_DIM, device)
+    buffer.add(random_rows(n, gen, device))
+    inputs, targets = buffer.model_data(buffer.data)
+    model = usbpo.GaussianEnsemble(OBS_DIM, ACT_DIM, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
+    model.fit_normaliser(inputs)
+    return args, model, torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True), inputs, targets, gen
+
+
+def mle_batches(n_steps, model, n, batch, gen):
+    """n_steps minibatches of [E, batch] row indices, as train_ensemble's bootstrap order hands them out."""
+    return [torch.randint(n, (model.ensemble_size, batch), generator=gen, device=gen.device) for _ in range(n_steps)]
+
+
+def mle_copy(model, args):  # an independent ensemble with the same weights, and its own fresh fused Adam
+    twin = copy.deepcopy(model)
+    return twin, torch.optim.Adam(twin.parameters(), lr=args.model_lr, fused=True)
+
+
+def mle_equivalence_check(n_steps=10, n=5000, seed=0, device="cuda"):
+    """GraphedMLEStep against the same class with capture switched off (the same work, eagerly), on a copy of the
+    ensemble with its own Adam, on the same minibatches: 3 warm-ups, a capture, 6 replays. Returns a dict with `ok`."""
+    device = torch.device(device)
+    args, model, optimizer, inputs, targets, gen = mle_setup(device, n, seed)
+    eager_model, eager_optimizer = mle_copy(model, args)
+    graphed = GraphedMLEStep(model, optimizer, inputs, targets, args.model_batch_size)
+    eager = GraphedMLEStep(eager_model, eager_optimizer, inputs, targets, args.model_batch_size)
+    eager.WARMUP = math.inf  # never captures
+    capture_seconds, replays, losses_ok, bitwise, loss_abs = [], 0, True, True, 0.0
+    for idx in mle_batches(n_steps, model, n, args.model_batch_size, gen):
+        out = call(graphed, capture_seconds, idx).clone()
+        replays += graphed.graph is not None
+        ref = eager(idx)
+        loss_abs = max(loss_abs, (out - ref).abs().item())
+        losses_ok &= torch.allclose(out, ref, **LOSS_TOL) and bool(torch.isfinite(out))
+        bitwise &= torch.equal(out, ref)
+    a, b = agent_tensors(model, [optimizer]), agent_tensors(eager_model, [eager_optimizer])
+    diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
+    worst = max(diffs, key=diffs.get)
+    bitwise &= all(torch.equal(a[name], b[name]) for name in a)
+    report = dict(steps=n_steps, captures=len(capture_seconds), replays=replays, loss_max_abs_diff=loss_abs,
+                  tensor_max_abs_diff=diffs[worst], worst_tensor=worst, losses_ok=bool(losses_ok),
+                  tensors_ok=diffs[worst] <= WEIGHT_ATOL, bitwise=bool(bitwise), capture_seconds=capture_seconds)  # fmt: skip
+    report["ok"] = report["losses_ok"] and report["tensors_ok"] and len(capture_seconds) == 1
+    return report
+
+
+def mle_timing(n=50_000, n_steps=200, warmup=20, seed=0, device="cuda"):
+    """ms per minibatch step of the maximum-likelihood training on n transitions (Hopper preset: 7 x 4 x 200, batch 256
+    per member): usbpo.train_ensemble's step as it runs it, and the graphed step; and the seconds of one epoch each
+    way (n_train / 256 steps, n_train = n less the holdout), to compare with a whole epoch measured by speed.py."""
+    device = torch.device(device)
+    args, model, optimizer, inputs, targets, gen = mle_setup(device, n, seed)
+    batches = mle_batches(warmup + n_steps, model, n, args.model_batch_size, gen)
+
+    def eager_step(idx):  # train_ensemble's minibatch step
+        loss = model.loss(inputs[idx], targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed(step):
+        times = []
+        for i, idx in enumerate(batches):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(idx)
+            torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+        return summary(times)
+
+    steps_per_epoch = math.ceil((n - min(int(n * args.holdout_ratio), args.max_holdout)) / args.model_batch_size)
+    out = dict(n=n, steps_per_epoch=steps_per_epoch, eager=timed(eager_step))
+    out["eager_epoch_s"] = out["eager"]["median_ms"] * steps_per_epoch / 1e3
+    twin, twin_optimizer = mle_copy(model, args)
+    graphed, capture_seconds = GraphedMLEStep(twin, twin_optimizer, inputs, targets, args.model_batch_size), []
+    out["graphed"] = timed(lambda idx: call(graphed, capture_seconds, idx))
+    out.update(graphed_epoch_s=out["graphed"]["median_ms"] * steps_per_epoch / 1e3, capture_seconds=capture_seconds,
+               speedup=out["eager"]["median_ms"] / out["graphed"]["median_ms"])  # fmt: skip
+    return out
+
+
 # ---- command line -----------------------------------------------------------------------------------------------------
 def section(results, name, fn, *a, **kw):
     """results[name] = fn(...), or the error (with its traceback on stderr): one failing part does not hide the next."""
@@ -345,6 +468,19 @@ def main():
         print(f"speed-up: {tm['speedup']:.1f}x (target: graphed <= 10 ms per env step)", flush=True)
     elif "graphed_error" in tm:
         print(f"graphed step FAILED: {tm['graphed_error']}", flush=True)
+    meq = section(results, "mle_equivalence", mle_equivalence_check)
+    if "error" not in meq:
+        print(f"maximum-likelihood step, graphed against eager ({meq['steps']} steps, {meq['replays']} replays): "
+              f"{'PASS' if meq['ok'] else 'FAIL'}; bitwise equal: {'yes' if meq['bitwise'] else 'no'}; max |d loss| "
+              f"{meq['loss_max_abs_diff']:.3g}; max |d tensor| {meq['tensor_max_abs_diff']:.3g} ({meq['worst_tensor']})",
+              flush=True)  # fmt: skip
+    mt = section(results, "mle_timing", mle_timing)
+    if "error" not in mt:
+        e, g = mt["eager"], mt["graphed"]
+        print(f"maximum-likelihood step at {mt['n']} transitions, ms: eager {e['median_ms']:.3f} (p90 {e['p90_ms']:.3f}), "
+              f"graphed {g['median_ms']:.3f} (p90 {g['p90_ms']:.3f}), {mt['speedup']:.1f}x; one epoch of "
+              f"{mt['steps_per_epoch']} steps: eager {mt['eager_epoch_s']:.3f} s, graphed {mt['graphed_epoch_s']:.3f} s",
+              flush=True)  # fmt: skip
     if opts.loop_steps:
         lp = section(results, "loop", loop_estimate, opts.loop_steps)
         if "error" not in lp:
