@@ -7,8 +7,9 @@ schedule), and 4 model trainings (model_train_freq 250), each `epochs` epochs of
 transitions of that moment, seconds_per_epoch = a + b N fitted to mle_cost.py's sizes (5k-125k). Every input is a
 measured figure, named with its source in the output; the projection is their sum, and the output says so.
 
-  --mle         mle_cost.py's JSON on the device in question: seconds per epoch at each size, and the epochs of the first
-                training (from scratch at 5k; the loop's later trainings warm-start, see --epochs)
+  --mle         mle_cost.py's JSON on the device in question: seconds per epoch at each size, and the seconds of the
+                first training (from scratch at 5k; the loop's later trainings warm-start, see --epochs); or instead
+  --per-epoch   N:SECONDS pairs (seconds per epoch at N transitions, two or more) and --first-training-s SECONDS
   --sac-s       seconds per 1000 Hopper env steps in SAC updates (20 per step), e.g. speed.py's sac_updates
   --finetune-s  seconds per 1000 env steps in the fine-tune (speed.py's model_phase2_finetune)
   --rest-s      seconds per 1000 env steps in everything else (speed.py's "other": env, acting, logging)
@@ -69,7 +70,9 @@ def project(family, per_epoch, first_training_s, opts, epochs, finetune):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mle", required=True, help="mle_cost.py's JSON on the device in question")
+    p.add_argument("--mle", help="mle_cost.py's JSON on the device in question")
+    p.add_argument("--per-epoch", nargs="+", default=[], metavar="N:SECONDS", help="instead of --mle")
+    p.add_argument("--first-training-s", type=float, help="with --per-epoch: the first training's seconds")
     p.add_argument("--sac-s", type=float, required=True)
     p.add_argument("--finetune-s", type=float, required=True)
     p.add_argument("--rest-s", type=float, required=True)
@@ -77,12 +80,21 @@ def main():
     p.add_argument("--epochs", type=float, nargs=2, metavar=("MBPO", "USBPO"), default=None)
     p.add_argument("--label", default="", help="the device and the sources of the figures, for the output's title")
     opts = p.parse_args()
-    with open(opts.mle) as f:
-        mle = json.load(f)
+    if opts.mle:
+        with open(opts.mle) as f:
+            mle = json.load(f)
+        first = next(r for r in mle["results"] if r["n"] == 5000)
+        where, first_s = mle["where"], first["seconds"]
+        first_text = f"{first['epochs']} epochs, {first_s:.1f} s (stopped by {first['stopped']})"
+    elif len(opts.per_epoch) >= 2 and opts.first_training_s is not None:
+        pairs = [[float(x) for x in pair.split(":")] for pair in opts.per_epoch]
+        mle, where = dict(results=[dict(n=n, s_per_epoch=s) for n, s in pairs]), "--per-epoch"
+        first_s, first_text = opts.first_training_s, f"{opts.first_training_s:.1f} s (--first-training-s)"
+    else:
+        p.error("give --mle, or two or more --per-epoch N:SECONDS and --first-training-s")
     sizes = np.array([r["n"] for r in mle["results"]], dtype=float)
     per_epoch_s = np.array([r["s_per_epoch"] for r in mle["results"]])
     b, a = np.polyfit(sizes, per_epoch_s, 1)
-    first = next(r for r in mle["results"] if r["n"] == 5000)
     epochs = {}  # (family, variant) -> (epochs, where from)
     for family in FAMILIES:
         for i, variant in enumerate(("mbpo", "usbpo")):
@@ -94,17 +106,16 @@ def main():
             else:
                 epochs[family, variant] = mean, f"mean of {n} CSV rows"
     print(f"# {opts.label}")
-    print(f"seconds per epoch = {a:.4f} + {b * 1000:.5f} x N/1000 (fit to {mle['where']}: "
+    print(f"seconds per epoch = {a:.4f} + {b * 1000:.5f} x N/1000 (fit to {where}: "
           + ", ".join(f"{int(n) // 1000}k {s:.3f}" for n, s in zip(sizes, per_epoch_s)) + ")")  # fmt: skip
-    print(f"first training (from scratch, 5k): {first['epochs']} epochs, {first['seconds']:.1f} s "
-          f"({'stopped by ' + first['stopped']})")  # fmt: skip
+    print(f"first training (from scratch, 5k): {first_text}")
     print(f"per 1000 env steps: SAC {opts.sac_s} s (20 updates per step), fine-tune {opts.finetune_s} s, rest "
           f"{opts.rest_s} s; a model step of 100k rollouts {opts.rollout_s} s")  # fmt: skip
     print("epochs per loop training: " + "; ".join(f"{f} {v} {e:.1f} ({source})" for (f, v), (e, source) in epochs.items()))
     print("\n| task, budget | variant | SAC | fine-tune | rest | rollouts | phase 1 | total |")
     print("|---|---|---|---|---|---|---|---|")
     for (family, variant), (e, _) in epochs.items():
-        parts = project(family, lambda n: a + b * n, first["seconds"], opts, e, variant == "usbpo")
+        parts = project(family, lambda n: a + b * n, first_s, opts, e, variant == "usbpo")
         hours = {k: v / 3600 for k, v in parts.items()}
         budget = usbpo.PRESETS[family]["total_timesteps"] // 1000
         cells = " | ".join(f"{h:.1f} h" for h in hours.values())
