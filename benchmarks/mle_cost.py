@@ -20,6 +20,8 @@ N; the epochs column is this data's.
 import argparse
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
 
@@ -46,6 +48,14 @@ def random_hopper_rows(n, seed=0):
         obs = env.reset()[0] if terminated or truncated else next_obs
     env.close()
     return torch.as_tensor(np.array(rows), dtype=torch.float32)
+
+
+def cpu_name():  # the CPU's model name (Linux), else the architecture
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def sync(device):
@@ -90,6 +100,7 @@ def main():
     p.add_argument("--max-epochs", type=int, default=None, help="usbpo's --model-max-epochs (default: none, as the loop)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (usbpo.py's default: 1)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--note", default="", help="the conditions (e.g. 'nothing else running'), kept in the JSON")
     opts = p.parse_args()
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
@@ -110,7 +121,10 @@ def main():
         print(f"{n:>12}{r['seconds']:>10.2f}{r['epochs']:>8}{r['s_per_epoch']:>10.3f}  {r['stopped']}", flush=True)
     if opts.json:
         data = "Hopper-v4, uniform random policy, seed 0"
-        meta = dict(device=str(device), where=where, torch=torch.__version__, data=data, budget_s=opts.budget_s)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        meta = dict(device=str(device), where=where, torch=torch.__version__, data=data, budget_s=opts.budget_s,
+                    date=time.strftime("%Y-%m-%d"), commit=commit, cpu=torch.backends.cpu.get_cpu_capability(),
+                    processor=cpu_name(), note=opts.note)  # fmt: skip
         with open(opts.json, "w") as f:
             json.dump(dict(meta, max_epochs=opts.max_epochs, results=results), f, indent=1)
 

@@ -52,7 +52,8 @@ def loop_epochs(family, variant):
 def project(family, per_epoch, first_training_s, opts, epochs, finetune):
     """Seconds of a whole run of the family's preset: a dict of the parts, summed over its 1000-step blocks."""
     preset = usbpo.PRESETS[family]
-    starts, total, freq = preset["learning_starts"], preset["total_timesteps"], preset["model_train_freq"]
+    starts, freq = preset["learning_starts"], preset["model_train_freq"]
+    total = opts.steps or preset["total_timesteps"]
     parts = dict.fromkeys(["sac", "finetune", "rest", "rollouts", "phase1"], 0.0)
     parts["phase1"] = first_training_s
     for block in range(starts, total, 1000):  # steps block+1 .. block+1000
@@ -78,6 +79,7 @@ def main():
     p.add_argument("--rest-s", type=float, required=True)
     p.add_argument("--rollout-s", type=float, required=True)
     p.add_argument("--epochs", type=float, nargs=2, metavar=("MBPO", "USBPO"), default=None)
+    p.add_argument("--steps", type=int, help="every run this long instead of the paper's budget (to check a measured run)")
     p.add_argument("--label", default="", help="the device and the sources of the figures, for the output's title")
     opts = p.parse_args()
     if opts.mle:
@@ -117,7 +119,7 @@ def main():
     for (family, variant), (e, _) in epochs.items():
         parts = project(family, lambda n: a + b * n, first_s, opts, e, variant == "usbpo")
         hours = {k: v / 3600 for k, v in parts.items()}
-        budget = usbpo.PRESETS[family]["total_timesteps"] // 1000
+        budget = (opts.steps or usbpo.PRESETS[family]["total_timesteps"]) // 1000
         cells = " | ".join(f"{h:.1f} h" for h in hours.values())
         print(f"| {family} {budget}k | {variant} | {cells} | **{sum(hours.values()):.1f} h** |")
 
