@@ -1483,7 +1483,8 @@ def test_graphed_mle_step_warms_up_captures_once_and_matches_eager(cuda_stand_in
 def test_graphed_sac_env_step_matches_eager():
     """One env step's sampling and 20 SAC updates replayed as a CUDA graph give the losses, weights and Adam state of
     the same work run eagerly (same random numbers), while the real buffer grows (no new capture) and once the model
-    pool is resized (one more warm-up and capture). Prepared without a GPU: its first run is in gpu_session.sh."""
+    pool is resized (one more warm-up and capture); so do the maximum-likelihood minibatch steps replayed as a graph.
+    Prepared without a GPU: its first run is in gpu_session.sh."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
     graphed_sac = load_graphed_sac()

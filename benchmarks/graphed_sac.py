@@ -493,7 +493,7 @@ def main():
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(results, f, indent=1)
-    return 0 if eq.get("ok") and "graphed" in tm else 1
+    return 0 if eq.get("ok") and "graphed" in tm and meq.get("ok") else 1
 
 
 if __name__ == "__main__":
