@@ -1521,3 +1521,21 @@ def test_graphed_env_steps_run_the_loop_through_pool_resizes_and_a_resume(tmp_pa
     rows, end = final_state(run_dir)
     assert [int(r["env_steps"]) for r in rows] == [200, 400, 600] and end["global_step"] == 600
     assert all(math.isfinite(float(r["eval_return"])) and math.isfinite(float(r["holdout_mse_phase2"])) for r in rows)
+
+
+def test_projection_sums_the_measured_pieces_over_the_paper_budget():
+    """benchmarks/projection.py against the same sums in closed form: Walker2d's 295 blocks of 1000 steps after its 5k
+    random ones, each with 4 trainings of E epochs at the block's middle N (an arithmetic series), k = 1 throughout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("projection", os.path.join(HERE, "benchmarks", "projection.py"))
+    projection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(projection)
+    opts = SimpleNamespace(sac_s=100.0, finetune_s=10.0, rest_s=1.0, rollout_s=0.5, steps=None)
+    a, b, epochs, first = 0.2, 5e-5, 12.0, 80.0
+    parts = projection.project("Walker2d", lambda n: a + b * n, first, opts, epochs, finetune=True)
+    blocks = (300_000 - 5_000) // 1000
+    middle_n_sum = blocks * 5_500 + 1000 * blocks * (blocks - 1) / 2  # sum of block + 500 over the blocks
+    expected = dict(sac=blocks * 100.0, finetune=blocks * 10.0, rest=blocks * 1.0, rollouts=blocks * 4 * 0.5,
+                    phase1=first + 4 * epochs * (a * blocks + b * middle_n_sum))  # fmt: skip
+    assert parts == pytest.approx(expected, rel=1e-12)
