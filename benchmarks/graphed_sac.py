@@ -66,6 +66,8 @@ import usbpo  # noqa: E402
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 WEIGHT_ATOL = 1e-4
+# a warm-up after a re-capture steps Adams already made capturable, eagerly: torch warns each time that it may be slower
+warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
 
 
 # ---- one CUDA graph per step: capture after a warm-up, then replay ---------------------------------------------------------
@@ -107,7 +109,6 @@ class GraphedSACStep(usbpo.SACStep, Replayed):
         super().__init__(agent, real_buffer, model_buffer, argparse.Namespace(**{**vars(args), "compile": False}))
         self.optims, self.layout = (agent.actor_optim, agent.qf_optim, agent.alpha_optim), None
         self.sizes = torch.zeros(2, dtype=torch.int64, device=real_buffer.data.device)
-        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the eager warm-ups
 
     def work(self):  # SACStep's rule with the sizes on the device (row = randint(2^62) mod size), then the updates
         shape, n_real = (self.args.updates_per_step, self.args.batch_size), int(self.args.batch_size * self.args.real_ratio)
@@ -137,7 +138,6 @@ class GraphedMLEStep(Replayed):
     def __init__(self, model, optimizer, inputs, targets, batch):
         self.model, self.optims, self.inputs, self.targets = model, (optimizer,), inputs, targets
         self.idx = torch.zeros(model.ensemble_size, batch, dtype=torch.int64, device=inputs.device)
-        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
 
     def work(self):  # train_ensemble's minibatch step, word for word
         loss = self.model.loss(self.inputs[self.idx], self.targets[self.idx])
@@ -207,6 +207,14 @@ def agent_tensors(agent, optims=None):
 
 
 # ---- equivalence ------------------------------------------------------------------------------------------------------
+def compare_tensors(a, b):
+    """Two agent_tensors dicts: the largest absolute difference, the tensor it is in, and whether all are equal."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
+    worst = max(diffs, key=diffs.get)
+    return diffs[worst], worst, all(torch.equal(a[name], b[name]) for name in a)
+
+
 def equivalence_check(n_steps=10, resize_at=5, seed=0, device="cuda", fused=True):
     """The graphed step against the same class with capture switched off (the same work, eagerly) on a copy of the
     agent, both reading the same buffers with the same random numbers; the real buffer grows by one row every env step,
@@ -235,16 +243,13 @@ def equivalence_check(n_steps=10, resize_at=5, seed=0, device="cuda", fused=True
         losses_ok &= torch.allclose(out, ref, **LOSS_TOL) and bool(torch.isfinite(out).all())
         bitwise &= torch.equal(out, ref)
         real.add(random_rows(1, gen, device))  # the buffer grows every env step
-    a, b = agent_tensors(agent), agent_tensors(eager_agent)
-    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
-    diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
-    worst = max(diffs, key=diffs.get)
-    bitwise &= all(torch.equal(a[name], b[name]) for name in a)
+    tensor_diff, worst, tensors_equal = compare_tensors(agent_tensors(agent), agent_tensors(eager_agent))
+    bitwise &= tensors_equal
     report = dict(
         env_steps=n_steps, updates_per_step=args.updates_per_step, captures=len(capture_seconds), expected_captures=2,
         replays=replays, loss_max_abs_diff=loss_abs, loss_max_rel_diff=loss_rel,
-        tensor_max_abs_diff=diffs[worst], worst_tensor=worst, losses_ok=bool(losses_ok),
-        tensors_ok=diffs[worst] <= WEIGHT_ATOL, bitwise=bool(bitwise), adam="fused" if fused else "foreach",
+        tensor_max_abs_diff=tensor_diff, worst_tensor=worst, losses_ok=bool(losses_ok),
+        tensors_ok=tensor_diff <= WEIGHT_ATOL, bitwise=bool(bitwise), adam="fused" if fused else "foreach",
         capture_seconds=capture_seconds,
     )  # fmt: skip
     report["ok"] = report["losses_ok"] and report["tensors_ok"] and len(capture_seconds) == 2
@@ -362,13 +367,13 @@ def mle_equivalence_check(n_steps=10, n=5000, seed=0, device="cuda"):
         loss_abs = max(loss_abs, (out - ref).abs().item())
         losses_ok &= torch.allclose(out, ref, **LOSS_TOL) and bool(torch.isfinite(out))
         bitwise &= torch.equal(out, ref)
-    a, b = agent_tensors(model, [optimizer]), agent_tensors(eager_model, [eager_optimizer])
-    diffs = {name: (a[name] - b[name]).abs().max().item() for name in a}
-    worst = max(diffs, key=diffs.get)
-    bitwise &= all(torch.equal(a[name], b[name]) for name in a)
+    tensor_diff, worst, tensors_equal = compare_tensors(
+        agent_tensors(model, [optimizer]), agent_tensors(eager_model, [eager_optimizer])
+    )
+    bitwise &= tensors_equal
     report = dict(steps=n_steps, captures=len(capture_seconds), replays=replays, loss_max_abs_diff=loss_abs,
-                  tensor_max_abs_diff=diffs[worst], worst_tensor=worst, losses_ok=bool(losses_ok),
-                  tensors_ok=diffs[worst] <= WEIGHT_ATOL, bitwise=bool(bitwise), capture_seconds=capture_seconds)  # fmt: skip
+                  tensor_max_abs_diff=tensor_diff, worst_tensor=worst, losses_ok=bool(losses_ok),
+                  tensors_ok=tensor_diff <= WEIGHT_ATOL, bitwise=bool(bitwise), capture_seconds=capture_seconds)  # fmt: skip
     report["ok"] = report["losses_ok"] and report["tensors_ok"] and len(capture_seconds) == 1
     return report
 

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import usbpo  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))  # benchmarks/
 FAMILIES = ("Hopper", "Walker2d", "HalfCheetah")
 
 
@@ -52,12 +52,11 @@ def loop_epochs(family, variant):
 def project(family, per_epoch, first_training_s, opts, epochs, finetune):
     """Seconds of a whole run of the family's preset: a dict of the parts, summed over its 1000-step blocks."""
     preset = usbpo.PRESETS[family]
-    starts, freq = preset["learning_starts"], preset["model_train_freq"]
+    starts, trainings = preset["learning_starts"], 1000 // preset["model_train_freq"]  # per 1000 env steps
     total = opts.steps or preset["total_timesteps"]
     parts = dict.fromkeys(["sac", "finetune", "rest", "rollouts", "phase1"], 0.0)
     parts["phase1"] = first_training_s
     for block in range(starts, total, 1000):  # steps block+1 .. block+1000
-        trainings = 1000 // freq
         n = block + 500  # the real transitions in the middle of the block
         epoch = (block - starts) // preset["epoch_length"]
         k = usbpo.rollout_length(epoch, preset["rollout_schedule"])
@@ -100,10 +99,11 @@ def main():
     epochs = {}  # (family, variant) -> (epochs, where from)
     for family in FAMILIES:
         for i, variant in enumerate(("mbpo", "usbpo")):
-            mean, n = loop_epochs(family, variant)
             if opts.epochs:
                 epochs[family, variant] = opts.epochs[i], "--epochs"
-            elif mean is None:
+                continue
+            mean, n = loop_epochs(family, variant)
+            if mean is None:
                 epochs[family, variant] = loop_epochs("Hopper", variant)[0], "none measured: Hopper's"
             else:
                 epochs[family, variant] = mean, f"mean of {n} CSV rows"

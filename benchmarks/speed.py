@@ -122,7 +122,7 @@ class PhaseTimer:
     """
 
     PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "model_rollouts": "model_rollouts"}
-    # sac_updates: the env step's SAC work, its minibatch sampling included (with --compile on CUDA, one graph replay)
+    # sac_updates: the env step's SAC work (usbpo.SACStep), its minibatch sampling included; graphed: one replay
 
     def __init__(self):
         self.start, self.spent, self.saved = None, dict.fromkeys([*self.PHASES.values(), "sac_updates"], 0.0), {}
