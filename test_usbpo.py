@@ -317,18 +317,23 @@ def test_logvar_stays_within_bounds():
 
 
 def test_model_step_uses_elites_only():
+    """Each row comes back in its place, predicted by one elite from that row's own (s, a), the elites in equal shares."""
+    torch.manual_seed(0)
     model = usbpo.GaussianEnsemble(4, 1, 7, 2, 16)
     with torch.no_grad():
-        for layer in model.layers:
-            layer.weight.zero_()
-        model.layers[-1].bias.copy_(torch.arange(7.0).view(7, 1, 1).expand(7, 1, 10))
-        model.max_logvar.fill_(-30.0), model.min_logvar.fill_(-40.0)  # (almost) noiseless
+        model.max_logvar.fill_(-30.0), model.min_logvar.fill_(-40.0)  # (almost) noiseless: std < 1e-6
     model.elites.copy_(torch.tensor([2, 5]))
     for n in (1, 3, 1001):  # uneven shares and fewer rows than elites
-        rew, next_obs = model.step(torch.zeros(n, 4), torch.zeros(n, 1))
+        obs, act = torch.randn(n, 4), torch.randn(n, 1)
+        rew, next_obs = model.step(obs, act)
         assert rew.shape == (n,) and next_obs.shape == (n, 4)
-        assert set(rew.round().tolist()) <= {2.0, 5.0}
-    assert set(rew.round().tolist()) == {2.0, 5.0}
+        with torch.no_grad():  # every member's prediction for every row, [7, n, 5]
+            mean, _ = model(torch.cat([obs, act], -1).expand(7, n, 5))
+        error = (mean - torch.cat([rew[:, None], next_obs - obs], -1)).abs().amax(-1)  # [7, n]
+        member = error.argmin(0)
+        assert torch.all(error.min(0).values < 1e-4) and set(member.tolist()) <= {2, 5}
+        assert abs((member == 2).sum().item() - (member == 5).sum().item()) <= 1
+    assert set(member.tolist()) == {2, 5}
 
 
 # --------------------------------------------------------------------------------------
@@ -544,6 +549,7 @@ def test_rollout_length_schedule():
     schedule = (20, 150, 1, 15)
     assert [usbpo.rollout_length(e, schedule) for e in (0, 20, 85, 149, 150, 400)] == [1, 1, 8, 14, 15, 15]
     assert usbpo.rollout_length(7, (1, 15, 1, 1)) == 1
+    assert [usbpo.rollout_length(e, (20, 20, 1, 15)) for e in (0, 20, 21)] == [1, 1, 15]  # K0 up to E0, as MBPO
 
 
 def test_terminated_rollouts_stop():
@@ -942,6 +948,8 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert len(returns) == 3 and all(1 <= r <= 1000 for r in returns)
     assert usbpo.main(["--evaluate", os.path.join(run_dir, "checkpoint.pt"), "--eval-episodes", "3"]) == returns  # same actor
     assert_one_line_error(["--evaluate", os.path.join(run_dir, "config.json")], "holds no saved policy")
+    torch.save({"args": saved["args"]}, no_actor := os.path.join(run_dir, "no_actor.pt"))  # the run, but no weights
+    assert_one_line_error(["--evaluate", no_actor], "holds no saved policy")
 
 
 @pytest.mark.parametrize(
@@ -1014,6 +1022,8 @@ def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "could not read")
     torch.save({"args": {}, "global_step": 5}, tmp_path / "checkpoint.pt")  # what an older usbpo.py wrote
     assert_one_line_error(["--resume", str(tmp_path)], "written by an older usbpo.py")
+    torch.save(torch.zeros(3), tmp_path / "checkpoint.pt")  # a torch file, but no checkpoint
+    assert_one_line_error(["--resume", str(tmp_path)], "written by an older usbpo.py or another program")
 
 
 def usbpo_command(argv):
@@ -1051,7 +1061,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_how_to_continue(tmp_path):
     (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
     step = int(stderr.split("at step ")[1].split(";")[0])
     assert f"{sys.executable} {os.path.join(HERE, 'usbpo.py')} --resume {run_dir}" in stderr + stdout
-    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"] == step > 250
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"] == step >= 250
 
 
 def rows_in(run_dir):
@@ -1093,13 +1103,15 @@ def test_sigterm_stops_at_the_current_step_and_the_resumed_run_matches(tmp_path)
 
 
 def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_path, capsys):
-    short = usbpo.main(tiny_args_argv("--total-timesteps", "500", "--runs-dir", str(tmp_path / "short")))
+    """A finished run, here one whose budget ends mid-epoch (600 steps, epochs of 250), has its checkpoint at its last
+    step, says it is finished, and extended to 750 steps equals a run started with 750."""
+    short = usbpo.main(tiny_args_argv("--total-timesteps", "600", "--runs-dir", str(tmp_path / "short")))
     with pytest.raises(SystemExit) as finished:  # finished: says so, changes nothing, exit code 0
         usbpo.main(["--resume", short])
     assert finished.value.code == 0
-    assert "is finished (500 steps); --total-timesteps N extends it" in capsys.readouterr().out
+    assert "is finished (600 steps); --total-timesteps N extends it" in capsys.readouterr().out
     assert_one_line_error(["--resume", short, "--env-id", "Walker2d-v4"], "--env-id Walker2d-v4 differs from the run's")
-    assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 500 steps")
+    assert_one_line_error(["--resume", short, "--total-timesteps", "400"], "is below the 600 steps")
     with pytest.raises(SystemExit) as finished:  # --device auto: wherever the run was made
         usbpo.main(["--resume", short, "--device", "auto"])
     assert finished.value.code == 0
@@ -1108,6 +1120,9 @@ def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_
     os.makedirs(older := str(tmp_path / "older"))
     torch.save(checkpoint, os.path.join(older, "checkpoint.pt"))
     assert_one_line_error(["--resume", older, "--finetune-patience", "3"], "--finetune-patience 3 differs from the run's 10")
+    usbpo.main(["--resume", older, "--total-timesteps", "750"])  # a folder holding only its checkpoint: a new CSV
+    with open(os.path.join(older, "progress.csv")) as f:
+        assert [row["env_steps"] for row in csv.DictReader(f)] == ["750"]
     usbpo.main(["--resume", short, "--total-timesteps", "750"])
     with open(os.path.join(short, "config.json")) as f:  # the budget a script reads to continue it (run_evidence.sh)
         assert json.load(f)["total_timesteps"] == 750

@@ -31,8 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 # ==== 1. Configuration ============================================================================
-# The authors' (= MBPO's) settings per environment, for the flags left out. rollout_schedule = (epoch_start, epoch_end,
-# k_start, k_end), k linear in between. Last, what differs from COMMON_PRESET, e.g. CMLO's alpha and C (CMLO's configs).
+# The authors' (= MBPO's) settings per environment, for the flags left out; total_timesteps: the budget of the paper's plots
+# (their configs run longer). rollout_schedule = (E0, E1, K0, K1). Last, what differs from COMMON_PRESET, CMLO's alpha and C.
 PRESET_FLAGS = "updates_per_step model_train_freq retain_epochs rollout_schedule target_entropy total_timesteps".split()
 PRESETS = {
     "Hopper":                 (20,  250, 1, (20, 150, 1, 15), -1.0,  125_000, {"cmlo_threshold": 1.2, "cmlo_check_every": 20}),
@@ -80,7 +80,7 @@ def build_parser():
     a("--learning-starts", type=AT_LEAST_10, help="uniform random steps before model and policy training")
     a("--min-pool-size", type=COUNT, default=1000, help="real transitions before the first SAC update (softlearning's rule)")
     a("--epoch-length", type=POSITIVE_INT, help="env steps per epoch: evaluation, logging, rollout schedule")
-    a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes at the end of each epoch")
+    a("--eval-episodes", type=POSITIVE_INT, default=5, help="deterministic evaluation episodes after each epoch (authors: 1)")
     # dynamics ensemble (phase 1)
     a("--model-train-freq", type=POSITIVE_INT, help="env steps between two model trainings")
     a("--ensemble-size", type=POSITIVE_INT, default=7, help="members of the dynamics ensemble")
@@ -166,8 +166,8 @@ def parse_args(argv=None):
             fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
         except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
             fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:  # no compatibility branches: no release has been made
-            fail(f"{path} was written by an older usbpo.py, which this one cannot continue; start the run again")
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:  # no release has been made
+            fail(f"{path} was written by an older usbpo.py or another program, which this one cannot continue; start again")
         saved, step = checkpoint["args"], checkpoint["global_step"]
         parser.set_defaults(**saved)  # parse again: a flag left out takes the run's value (a newer flag, its default)
         args = parser.parse_args(argv)
@@ -217,7 +217,7 @@ def make_env(env_id, seed, video=None, every_episode=False):
     """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
     videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
     family = env_family(env_id)
-    with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; v4 is what the paper used
+    with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; it has the paper's -v2 model and rewards
         warnings.simplefilter("ignore")
         env = gym.make(env_id, render_mode="rgb_array" if video else None)
     if n := OBS_DIMS.get(family):  # drop contact forces etc.: the first entries are qpos[2:] and qvel
@@ -243,7 +243,7 @@ def get_termination_fn(env_id):
 
     def termination_fn(obs, act, next_obs):
         z, angle, finite = next_obs[:, 0], next_obs[:, 1], torch.isfinite(next_obs).all(-1)
-        if family == "Hopper":  # obs[1:] is the env's state_vector()[2:], which must stay inside (-100, 100)
+        if family == "Hopper":  # obs[1:]: state_vector()[2:] with qvel clipped to +-10; the env checks |.| < 100 unclipped
             return ~(finite & (next_obs[:, 1:].abs() < 100).all(-1) & (z > 0.7) & (angle.abs() < 0.2))
         if family == "Walker2d":  # NaN compares False: terminated, as in the env
             return ~((z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0))
@@ -374,8 +374,8 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
 
     @torch.no_grad()
     def step(self, obs, act):
-        """Sample (reward, next_obs) for a batch, each row from one elite: rows are dealt at random to the elites in
-        equal shares, so each runs through one member only (not all E, as MBPO's code does before picking one)."""
+        """Sample (reward, next_obs) for a batch, each row from one elite: rows are dealt at random to the elites in equal
+        shares (MBPO draws each row's elite), so each runs through its member only (MBPO's code runs all E, then picks)."""
         n, n_elites, perm = len(obs), len(self.elites), torch.randperm(len(obs), device=obs.device)
         per_member = -(-n // n_elites)
         order = perm.repeat(n_elites)[: per_member * n_elites]  # padded to equal shares; the padding is dropped
@@ -391,7 +391,7 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     training stops once more than `model_patience` epochs pass without any improving (`_save_best`). mbrl-lib differs on
     all three (scaler on all the data, the warm start as first snapshot, `>=`), which keeps the old model where no member
     gains 1% in 5 epochs (most InvertedDoublePendulum trainings). Returns: holdout rows, per-member MSE, epochs."""
-    n_holdout = min(int(len(inputs) * args.holdout_ratio), args.max_holdout)
+    n_holdout = max(min(int(len(inputs) * args.holdout_ratio), args.max_holdout), 1)  # 1: a tiny --learning-starts
     holdout, train = torch.randperm(len(inputs), device=inputs.device).split([n_holdout, len(inputs) - n_holdout])
     model.fit_normaliser(inputs[train])
     E, n_train = model.ensemble_size, len(train)
@@ -581,7 +581,7 @@ class SAC(nn.Module):
         self.qf_optim.zero_grad(set_to_none=True)
         critic_losses.sum().backward()
         self.qf_optim.step()
-        new_act, log_prob = self.actor(obs)
+        new_act, log_prob = self.actor(obs)  # after the critics' step (authors: all 3 in one TF session.run, no order)
         actor_loss = (alpha * log_prob - self.qf(obs, new_act).min(0).values).mean()
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(self.actor.parameters()))  # the critics only score the action
@@ -601,7 +601,7 @@ class SAC(nn.Module):
 def rollout_length(epoch, schedule):
     """k from the schedule [epoch_start, epoch_end, k_start, k_end], linear in between (MBPO, truncated to int)."""
     e0, e1, k0, k1 = schedule
-    frac = 1.0 if e1 == e0 else min(max((epoch - e0) / (e1 - e0), 0.0), 1.0)
+    frac = min(max(epoch - e0, 0) / max(e1 - e0, 1), 1.0)  # E0 == E1: K0 up to E0 too
     return int(k0 + frac * (k1 - k0))
 
 
@@ -612,13 +612,12 @@ def model_buffer_capacity(args, k):  # retain_epochs * rollout_batch * (rollouts
 @torch.no_grad()
 def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
     """MBPO's branched rollouts: k steps of the stochastic policy in the model from rollout_batch_size real states."""
-    k = rollout_length(epoch, args.rollout_schedule)
-    model_buffer.resize(model_buffer_capacity(args, k))
+    model_buffer.resize(model_buffer_capacity(args, k := rollout_length(epoch, args.rollout_schedule)))
     obs = real_buffer.split(real_buffer.sample(args.rollout_batch_size))[0]
     for _ in range(k):
         act, _ = actor(obs)
         rew, next_obs = model.step(obs, act)
-        check_finite(next_obs, "model rollout")
+        check_finite(torch.cat([rew[:, None], next_obs], -1), "model rollout")
         terminated = termination_fn(obs, act, next_obs)
         model_buffer.add(torch.cat([obs, act, rew[:, None], next_obs, terminated[:, None].float()], dim=-1))
         if len(obs := next_obs[~terminated]) == 0:
@@ -711,14 +710,14 @@ def evaluate_saved(path, episodes, capture_video=False):
         saved = torch.load(path, map_location="cpu", weights_only=False)
         args, agent = argparse.Namespace(**saved["args"]), saved.get("agent", {})
         actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
+        video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
+        env = make_env(args.env_id, args.seed + 20_000, video, every_episode=True)  # (make_env fails in its own words)
+        actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
+        actor.load_state_dict(actor_state)
     except FileNotFoundError:
         fail(f"no saved model at {path}; pass <run folder>/model.pt (written by --save-model) or <run folder>/checkpoint.pt")
     except Exception as e:  # not a torch file, or one without a policy
         fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); pass a model.pt (--save-model) or a checkpoint.pt")
-    video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
-    env = make_env(args.env_id, args.seed + 20_000, video, every_episode=True)
-    actor = Actor(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low, env.action_space.high)
-    actor.load_state_dict(actor_state)
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
     env.close()  # writes the last video
     print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
@@ -858,7 +857,8 @@ class Run:
             json.dump(config, f, indent=2)
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
         if args.resume:  # drop the epochs logged after the checkpoint: they are about to be run again
-            with open(self.csv_path, newline="") as f:
+            with open(self.csv_path, "a+", newline="") as f:  # a+: none if lost (a folder holding only checkpoint.pt)
+                f.seek(0)
                 rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < self.start_step]
             print(f"resumed from {self.run_dir} at step {self.step}")
         with open(self.csv_path, "w", newline="") as f:
@@ -900,13 +900,12 @@ class Run:
         self.scalars(step, "model", {**stats, "interval": self.interval})
 
     def epoch(self, step, evaluate, model_stats):  # evaluate (not counted in SPS), write the epoch's row and console line
-        now = time.time()
+        now, train_return = time.time(), float(np.mean(self.train_returns)) if self.train_returns else np.nan
         sps, eval_return = self.args.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
-        train_return, self.epoch_start = float(np.mean(self.train_returns)) if self.train_returns else np.nan, time.time()
         row = dict(model_stats, env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return)
-        row.update(train_return=train_return)
-        row.update(sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings, model_interval=self.interval)
-        self.train_returns, self.trainings = [], 0
+        row.update(train_return=train_return, sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings)
+        row["model_interval"] = self.interval
+        self.train_returns, self.trainings, self.epoch_start = [], 0, time.time()
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS, restval=float("nan"), extrasaction="ignore").writerow(row)
         self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
@@ -922,7 +921,7 @@ class Run:
         if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
             self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
         every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
-        if every and (self.signal or into_epoch == 0 and (epoch % every == 0 or step == self.args.total_timesteps)):
+        if every and (self.signal or step == self.args.total_timesteps or into_epoch == 0 and epoch % every == 0):
             path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
             loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, obs=obs, model_stats=model_stats)
             try:
@@ -971,12 +970,13 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
     parts.update({"cmlo": (lambda: dict(vars(cmlo)), vars(cmlo).update)} if cmlo else {})  # its state: its attributes
     # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
     parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
+    cuda = agent.log_alpha.device if agent.log_alpha.is_cuda else None  # its GPU only: a requeued job may have fewer
 
     def generators():  # read each time: a reset with a seed replaces an env's generator
         return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
 
     def save():
-        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None]
+        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda else None]
         return dict(mjdata=env.unwrapped.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
                     episode_stats=(env.episode_returns, env.episode_lengths),
                     rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
@@ -986,10 +986,10 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
         mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
         env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
         env.episode_returns, env.episode_lengths = state["episode_stats"]
-        python, numpy, torch_cpu, cuda = state["rngs"]
+        python, numpy, torch_cpu, cuda_rng = state["rngs"]
         random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
-        if cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
+        if cuda_rng is not None and cuda is not None:
+            torch.cuda.set_rng_state(cuda_rng, cuda)
         for generator, generator_state in zip(generators(), state["generators"]):
             generator.bit_generator.state = generator_state
 
