@@ -717,7 +717,7 @@ def evaluate_saved(path, episodes, capture_video=False):
     except FileNotFoundError:
         fail(f"no saved model at {path}; pass <run folder>/model.pt (written by --save-model) or <run folder>/checkpoint.pt")
     except Exception as e:  # not a torch file, or one without a policy
-        fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); pass a model.pt (--save-model) or a checkpoint.pt")
+        fail(f"{path} holds no saved policy ({type(e).__name__}: {' '.join(str(e).split())}); pass model.pt or checkpoint.pt")
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
     env.close()  # writes the last video
     print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
