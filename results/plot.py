@@ -114,13 +114,14 @@ def plot_finetune(env, runs):
         label, color = variant_name(variant), variant_colour(variant)
         for i, (seed, run) in enumerate(sorted(seeds.items())):
             steps, name = run["env_steps"], f"{label}" + (f", seed {seed}" if len(seeds) > 1 else "")
+            alpha = max(0.8 - 0.3 * i, 0.1)  # fainter for each further seed
             for ax, (before, after) in zip(
                 axes[:3],
                 [("shift_before", "shift_after"), ("bias_before", "bias_after"), ("holdout_mse_phase1", "holdout_mse_phase2")],
             ):
-                ax.plot(steps, run[before], color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} before")
-                ax.plot(steps, run[after], "--", color=color, alpha=0.8 - 0.3 * i, lw=1, label=f"{name} after")
-            axes[3].plot(steps, run["finetune_steps_kept"], "o-", color=color, ms=3, alpha=0.8 - 0.3 * i, label=name)
+                ax.plot(steps, run[before], color=color, alpha=alpha, lw=1, label=f"{name} before")
+                ax.plot(steps, run[after], "--", color=color, alpha=alpha, lw=1, label=f"{name} after")
+            axes[3].plot(steps, run["finetune_steps_kept"], "o-", color=color, ms=3, alpha=alpha, label=name)
     axes[0].set(title="model shift on validation (W2; authors: their term)", yscale="log")
     axes[1].set(title="model bias on validation (W2; authors: their term)", yscale="log")
     axes[2].set(title="holdout MSE of the elites, before / after the fine-tune", yscale="log")
