@@ -139,8 +139,8 @@ def build_parser():
     return p
 
 
-def fail(message):  # one line that says what to do, and a non-zero exit code
-    raise SystemExit(f"usbpo: error: {message}")
+def fail(message):  # one line that says what to do (an exception's text in it may span lines), and a non-zero exit code
+    raise SystemExit(f"usbpo: error: {' '.join(message.split())}")
 
 
 def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the step) before it reaches a checkpoint
@@ -717,7 +717,7 @@ def evaluate_saved(path, episodes, capture_video=False):
     except FileNotFoundError:
         fail(f"no saved model at {path}; pass <run folder>/model.pt (written by --save-model) or <run folder>/checkpoint.pt")
     except Exception as e:  # not a torch file, or one without a policy
-        fail(f"{path} holds no saved policy ({type(e).__name__}: {' '.join(str(e).split())}); pass model.pt or checkpoint.pt")
+        fail(f"{path} holds no saved policy ({type(e).__name__}: {e}); pass a model.pt (--save-model) or a checkpoint.pt")
     returns = evaluate(actor, env, episodes, torch.device("cpu"))
     env.close()  # writes the last video
     print(f"{path}: {args.env_id}, returns of {episodes} deterministic episodes: {', '.join(f'{r:.1f}' for r in returns)}")
@@ -976,7 +976,7 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
         return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
 
     def save():
-        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda else None]
+        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda is not None else None]
         return dict(mjdata=env.unwrapped.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
                     episode_stats=(env.episode_returns, env.episode_lengths),
                     rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
