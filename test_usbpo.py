@@ -194,6 +194,20 @@ def test_constant_input_keeps_unit_scale():
     assert mean.abs().max() < 1e3
 
 
+def test_ensemble_first_weights_are_mbpo_truncated_normal():
+    """MBPO's fc.py: TF's truncated_normal_initializer, std 1 / (2 sqrt(fan_in)), values beyond 2 std redrawn (so the
+    spread is 0.8796 std, the std of a normal truncated at +-2), biases 0."""
+    torch.manual_seed(0)
+    model = usbpo.GaussianEnsemble(11, 1, 7, 5, 200)
+    truncated_std = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2)))
+    assert truncated_std == pytest.approx(0.8796, abs=1e-4)
+    for layer in model.layers:
+        std = 1 / (2 * math.sqrt(layer.weight.shape[1]))
+        w = layer.weight.detach()
+        assert w.abs().max() <= 2 * std and w.abs().max() > 1.9 * std
+        assert w.std().item() == pytest.approx(truncated_std * std, rel=0.03) and torch.all(layer.bias == 0)
+
+
 def test_ensemble_members_are_independent():
     model = usbpo.GaussianEnsemble(4, 1, ensemble_size=7, hidden=32)
     mean, logvar = model(torch.randn(7, 16, 5))
@@ -472,15 +486,14 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
         return real_shift_bias(mean1, std1, mean2, std2, p, q)
 
     def finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
-        state = authors.state.get(model.max_logvar, {})
-        adam_steps.append(int(state["step"]) if state else 0)
+        adam_steps.append(authors.t)
         return real_finetune(model, prev_model, train_inputs, val_inputs, args, authors, progress)
 
     monkeypatch.setattr(usbpo, "authors_shift_bias", shift_bias)
     monkeypatch.setattr(usbpo, "usb_finetune", finetune)
-    argv = ["--finetune-objective", "authors", "--finetune-batch", "64", "--seed", "3", "--runs-dir", str(tmp_path)]
+    argv = ["--finetune-objective", "authors", "--finetune-batch", "64", "--seed", "3", "--total-timesteps", "1000"]
     args = tiny_args(*argv)
-    run_dir = usbpo.main(tiny_args_argv(*argv))
+    run_dir = usbpo.main(tiny_args_argv(*argv, "--runs-dir", str(tmp_path)))
     assert "usbpo_authors" in run_dir and len(adam_steps) == 2 and adam_steps[0] == 0 < adam_steps[1]
     seeded_p, seeded_q = torch.randint(args.ensemble_size, (2, 64), generator=torch.Generator().manual_seed(3))  # the rule
     assert not torch.equal(seeded_p, seeded_q)
@@ -488,7 +501,49 @@ def test_authors_run_keeps_indices_adam_and_batch_size(tmp_path, monkeypatch):
         assert torch.equal(p, seeded_p) and torch.equal(q, seeded_q) and rows == 64
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert all(math.isfinite(float(r[k])) for r in rows[1:] for k in ["shift_before", "shift_after", "bias_after"])
+    assert all(math.isfinite(float(r[k])) for r in rows[2:] for k in ["shift_before", "shift_after", "bias_after"])
+
+
+def test_authors_finetune_adam_shares_phase_one_moments_as_tf1():
+    """Their fine-tune Adam's slots ARE phase 1's (variable_scope reuse): two fine-tune steps, computed by hand in float64
+    with TF1's update, move the weights and leave phase 1's moments decayed as theirs; its own step count carries on,
+    phase 1's is untouched."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    phase1 = torch.optim.Adam([w], lr=1e-3)
+    for _ in range(3):  # phase 1 leaves moments of its own gradients
+        phase1.zero_grad()
+        (w**3).sum().backward()
+        phase1.step()
+    m, v, w_ref = (phase1.state[w][k].clone().numpy() for k in ("exp_avg", "exp_avg_sq")), None, w.detach().clone().numpy()
+    m, v = list(m)
+    finetune, lr, b1, b2 = usbpo.SharedMomentsAdam(phase1, 1e-4), 1e-4, 0.9, 0.999
+    for t in (1, 2):
+        finetune.zero_grad()
+        (w - 1.0).square().sum().backward()
+        g = 2 * (w_ref - 1.0)  # the fine-tune loss's gradient, by hand
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        w_ref = w_ref - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + 1e-8)
+        finetune.step()
+        assert np.allclose(w.detach().numpy(), w_ref, rtol=0, atol=1e-12)
+    assert np.allclose(phase1.state[w]["exp_avg"].numpy(), m) and np.allclose(phase1.state[w]["exp_avg_sq"].numpy(), v)
+    assert finetune.state_dict() == {"t": 2} and int(phase1.state[w]["step"]) == 3
+
+
+@pytest.mark.parametrize("objective", ["w2", "authors"])
+def test_finetune_stops_after_more_than_patience_steps_without_a_gain(trained_pair, objective):
+    """`_union_save_best`: one stop rule for both objectives. With a learning rate too small to gain 1e-4, the
+    fine-tune keeps nothing and stops at step patience + 1 (11 by default)."""
+    model, prev, model_inputs, val, args = trained_pair
+    model, args = copy.deepcopy(model), copy.copy(args)
+    args.finetune_steps, args.finetune_lr = 100, 1e-12
+    val = val[torch.randint(len(val), (args.finetune_batch,))]  # the authors' objective needs finetune_batch rows
+    steps, optim = [], torch.optim.Adam(model.parameters(), 1e-3)
+    model.loss(*[torch.randn(7, 4, n) for n in (model.layers[0].weight.shape[1], model.out_dim)]).backward()
+    optim.step()  # phase-1 moments exist, as after a training
+    authors = usbpo.SharedMomentsAdam(optim, args.finetune_lr) if objective == "authors" else None
+    stats = usbpo.usb_finetune(model, prev, model_inputs, val, args, authors, lambda text: steps.append(text))
+    assert stats["finetune_steps_kept"] == 0 and len(steps) == args.finetune_patience + 1 == 11
 
 
 # --------------------------------------------------------------------------------------
@@ -519,21 +574,28 @@ def test_cmlo_trigger_fires_where_the_rule_says():
 
 
 def test_cmlo_run_trains_when_triggered_and_rolls_out_on_schedule(tmp_path, monkeypatch):
+    """CMLO on MBPO's base: the first training where MBPO's is (the first step after the random phase), then one at the
+    step after each time the trigger fires; rollouts every model_train_freq steps from the first training."""
     trained, rolled, fired = [], [], []
-    real_update, real_rollouts, real_step = usbpo.update_model, usbpo.model_rollouts, usbpo.CMLOTrigger.step
+    real_trained, real_scalars, real_step = usbpo.Run.trained, usbpo.Run.scalars, usbpo.CMLOTrigger.step
 
     def step(self, t, error=None, volume=None):
         out = real_step(self, t, error, volume)
         fired.extend([t] if out else [])
         return out
 
+    def scalars(run, t, group, values):
+        rolled.extend([t] if "rollout_length" in values else [])
+        return real_scalars(run, t, group, values)
+
     monkeypatch.setattr(usbpo.CMLOTrigger, "step", step)
-    monkeypatch.setattr(usbpo, "update_model", lambda *a: trained.append(a[2].size) or real_update(*a))
-    monkeypatch.setattr(usbpo, "model_rollouts", lambda *a: rolled.append(a[3].size) or real_rollouts(*a))
+    monkeypatch.setattr(usbpo.Run, "trained", lambda run, t, stats: trained.append(t) or real_trained(run, t, stats))
+    monkeypatch.setattr(usbpo.Run, "scalars", scalars)
     argv = tiny_args_argv("--total-timesteps", "1000", "--cmlo-threshold", "0.2", "--cmlo-check-every", "20")
     run_dir = usbpo.main(argv + ["--runs-dir", str(tmp_path)])
-    assert "__cmlo__" in run_dir and fired and all(t > 250 for t in fired)
-    assert trained == [250, *fired] and rolled == [250, 500, 750, 1000]  # real-buffer sizes = the steps
+    first = trained[0]
+    assert "__cmlo__" in run_dir and fired and first > 250 and all(t >= first for t in fired)
+    assert trained == [first, *[t + 1 for t in fired if t < 1000]] and rolled == list(range(first, 1001, 250))
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = list(csv.DictReader(f))
     assert sum(int(r["model_trainings"]) for r in rows) == len(trained) and rows[-1]["cmlo_e_bar"] != "nan"
@@ -621,6 +683,22 @@ def test_replay_buffer_keeps_newest_rows_on_resize():
 # --------------------------------------------------------------------------------------
 # SAC
 # --------------------------------------------------------------------------------------
+
+
+def test_sac_first_weights_are_keras_dense_defaults():
+    """softlearning's feedforward_model builds actor and critics of Keras Dense layers with their defaults:
+    glorot-uniform kernels, U(-sqrt(6 / (fan_in + fan_out)), +sqrt(...)), and zero biases."""
+    torch.manual_seed(0)
+    agent = usbpo.SAC(11, 3, -np.ones(3), np.ones(3), tiny_args())
+    actor = [(layer.weight.detach().T, layer.bias.detach()) for layer in agent.actor.net[::2]]
+    critics = [(layer.weight.detach()[i], layer.bias.detach()[i]) for layer in agent.qf.layers for i in range(2)]
+    assert len(actor) == 3 and len(critics) == 6
+    for w, b in actor + critics:  # w: [fan_in, fan_out]
+        limit = math.sqrt(6 / (w.shape[0] + w.shape[1]))
+        assert torch.all(b == 0) and w.abs().max() <= limit
+        if w.numel() > 500:  # the spread of a uniform on [-limit, limit]: limit / sqrt(3)
+            assert w.abs().max() > 0.95 * limit and w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)
+    assert torch.equal(agent.qf_target.layers[0].weight, agent.qf.layers[0].weight)
 
 
 def test_termination_cuts_bootstrap():
@@ -800,15 +878,80 @@ def test_humanoid_entropy_target_is_reachable_in_normalised_action_units():
     assert -log_prob.mean() > usbpo.PRESETS["Humanoid"]["target_entropy"] > -log_prob.mean() + 17 * math.log(0.4)
 
 
-def test_sac_waits_for_min_pool_size_real_transitions(tmp_path, monkeypatch):
-    """softlearning's rule (base_sampler.batch_ready): no SAC update before the real buffer holds min_pool_size (1000)
-    transitions. Only the pendulums start earlier (500 random steps), so their SAC begins at step 1000, not 500."""
-    args = usbpo.parse_args(["--env-id", "InvertedDoublePendulum-v4"])[0]
-    assert (args.learning_starts, args.min_pool_size) == (500, 1000)
-    calls, real_update = [], usbpo.SAC.update
-    monkeypatch.setattr(usbpo.SAC, "update", lambda agent, *batch: calls.append(1) or real_update(agent, *batch))
-    usbpo.main(tiny_args_argv("--runs-dir", str(tmp_path), "--min-pool-size", "400"))  # learning starts 250, 750 steps
-    assert len(calls) == 2 * (750 - 400 + 1)  # 2 updates per env step, from step 400 on
+def authors_train_schedule(episode_ends, n_initial, epoch_length, model_train_freq, min_pool_size, total):
+    """The control flow of the authors' `_train` (mbpo.py l. 182-254) with softlearning's initial exploration
+    (`while pool.size < n_initial: sample()`) and SimpleSampler (whole paths reach the pool), transcribed for given episode
+    ends: the steps at which the model trains, with the epoch, and those with SAC updates, numbered as usbpo numbers
+    them (the env step being taken)."""
+    samples, pool, model, sac, epoch = 0, 0, [], [], 0
+
+    def sample():
+        nonlocal samples, pool
+        samples += 1
+        if samples in episode_ends:  # add_path: the pool holds every step up to the last episode end
+            pool = samples
+
+    while pool < n_initial:
+        sample()
+    while samples < total:
+        start = samples
+        while samples < total:
+            if samples >= start + epoch_length and pool >= min_pool_size:  # ready_to_train
+                break
+            if (samples - start) % model_train_freq == 0:
+                model.append((samples + 1, epoch))
+            sample()
+            if pool >= min_pool_size:
+                sac.append(samples)
+        epoch += 1
+    return model, sac
+
+
+def test_loop_follows_the_authors_train_step_by_step(tmp_path, monkeypatch):
+    """Whole episodes reach the real buffer; the random phase ends with the episode that brings it to learning_starts;
+    the model trains (then rolls out) first thing in a step, every model_train_freq steps into an epoch; an epoch lasts
+    until the buffer holds min_pool_size; SAC updates after the env step once it does. Checked against the authors'
+    loop transcribed independently, on a run whose first epoch is stretched (min_pool_size 700 > 250 + 250)."""
+    assert (usbpo.PRESETS["InvertedDoublePendulum"]["learning_starts"], usbpo.parse_args([])[0].min_pool_size) == (500, 1000)
+    trained, epochs, episode_ends, sac_calls, sac_counts = [], [], set(), [], {}
+    real_trained, real_rollouts, real_call = usbpo.Run.trained, usbpo.model_rollouts, usbpo.SACStep.__call__
+    real_episode, real_end, real_finetune = usbpo.Run.episode, usbpo.Run.end_of_step, usbpo.usb_finetune
+    monkeypatch.setattr(usbpo.Run, "trained", lambda run, step, stats: trained.append(step) or real_trained(run, step, stats))
+    monkeypatch.setattr(usbpo, "model_rollouts", lambda *a: epochs.append(a[-1]) or real_rollouts(*a))
+    monkeypatch.setattr(usbpo.SACStep, "__call__", lambda self: sac_calls.append(1) or real_call(self))
+    monkeypatch.setattr(usbpo.Run, "episode", lambda run, t, stats: episode_ends.add(t) or real_episode(run, t, stats))
+
+    def end_of_step(run, step, loop_state):
+        sac_counts[step] = len(sac_calls)
+        checkpoint_episode = loop_state["episode"]  # the episode in progress, not yet in the real buffer
+        assert len(checkpoint_episode) == step - max([0, *episode_ends])
+        return real_end(run, step, loop_state)
+
+    def finetune(model, prev_model, train_inputs, val_inputs, args, *rest):  # validation: the authors' (bnn.py l. 452)
+        validation_rows.append(len(val_inputs))  # finetune_batch holdout rows drawn with replacement (the holdout: ~50)
+        return real_finetune(model, prev_model, train_inputs, val_inputs, args, *rest)
+
+    validation_rows = []
+    monkeypatch.setattr(usbpo.Run, "end_of_step", end_of_step)
+    monkeypatch.setattr(usbpo, "usb_finetune", finetune)
+    usbpo.main(tiny_args_argv("--total-timesteps", "1000", "--min-pool-size", "700", "--runs-dir", str(tmp_path)))
+    sac_steps = [t for t in sorted(sac_counts) if sac_counts[t] > sac_counts.get(t - 1, 0)]
+    model, sac = authors_train_schedule(episode_ends, 250, 250, 250, 700, 1000)
+    assert list(zip(trained, epochs)) == model and sac_steps == sac
+    assert model[0][0] - 1 in episode_ends and model[0][0] >= 251 and [e for _, e in model[:3]] == [0, 0, 1]
+    assert len(sac_calls) == len(sac) and validation_rows == [1024] * (len(model) - 1)
+
+
+def test_evaluation_episodes_leave_training_unchanged(tmp_path):
+    """The number of evaluation episodes changes the evaluations only: the training is the same bit for bit."""
+    runs = [usbpo.main(tiny_args_argv("--eval-episodes", n, "--runs-dir", str(tmp_path / n))) for n in ("1", "3")]
+    (rows_a, end_a), (rows_b, end_b) = (final_state(run) for run in runs)
+    for row in rows_a + rows_b:
+        row.pop("eval_return")
+    assert rows_a == rows_b
+    for key in ["agent", "model"]:
+        for name, tensor in end_a[key].items():
+            assert torch.equal(tensor, end_b[key][name]), (key, name)
 
 
 def kill_at_evaluation(monkeypatch, n):
@@ -896,8 +1039,10 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert config["total_timesteps"] == 750 and config["versions"]["torch"] == torch.__version__
     assert config["versions"]["mujoco"] == __import__("mujoco").__version__
     assert config["versions"]["cpu"] == torch.backends.cpu.get_cpu_capability()  # the last digits differ across CPUs
-    assert rows[0]["finetune_steps_kept"] == "nan"  # first model training: the model buffer is still empty
-    for r in rows[1:]:  # later trainings go through phase 2
+    # the first training (after step 250: the random phase ends with an episode) has no model buffer yet; the second,
+    # 250 steps later, goes through phase 2
+    assert rows[0]["finetune_steps_kept"] == rows[1]["finetune_steps_kept"] == "nan"
+    for r in rows[2:]:
         for key in [
             "holdout_mse_phase1",
             "holdout_mse_phase2",
@@ -1185,11 +1330,12 @@ def test_non_finite_values_stop_the_run_before_a_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(*target, poisoned)
     with pytest.raises(SystemExit) as stop:
         usbpo.main(tiny_args_argv("--checkpoint-every", "1", "--runs-dir", str(tmp_path)))
-    message = str(stop.value)
-    assert f"non-finite values in the {phase} at step" in message and "continue from the checkpoint of step 250" in message
+    message, last_good = str(stop.value), 250 if phase == "SAC update" else 500  # the model's 2nd training: after 500
+    assert f"non-finite values in the {phase} at step" in message
+    assert f"continue from the checkpoint of step {last_good}" in message
     (run_dir,) = glob.glob(str(tmp_path / "*"))
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
-    assert checkpoint["global_step"] == 250 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert checkpoint["global_step"] == last_good and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
 def test_run_does_not_depend_on_the_callers_thread_count(tmp_path):
@@ -1212,6 +1358,40 @@ def test_learns_inverted_pendulum(tmp_path):
     with open(os.path.join(run_dir, "progress.csv")) as f:
         returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
     assert max(returns) >= 900, returns
+
+
+def test_run_evidence_extends_refuses_and_never_deletes_a_run(tmp_path):
+    """results/run_evidence.sh: a finished run given a larger budget is extended (equal to a run started with it), a
+    smaller budget is refused in one line with nothing touched, a folder without a checkpoint is kept aside."""
+    if not os.path.exists(os.path.join(HERE, ".venv", "bin", "python")):
+        pytest.skip("results/run_evidence.sh runs .venv/bin/python, which this checkout lacks")
+    env_id, out = "InvertedPendulum-v4", tmp_path / "out"
+    env = {**os.environ, "USBPO_OUT": str(out), "VARIANTS": "mbpo", "LANES": "1",
+           "EXTRA_FLAGS": " ".join(tiny_args_argv()[2:])}  # fmt: skip
+
+    def evidence(steps):
+        return subprocess.run(["bash", "results/run_evidence.sh", env_id, steps, "1"], cwd=HERE, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert evidence("500").returncode == 0
+    csv_path = out / "results" / env_id / "mbpo_seed1.csv"
+    assert evidence("750").returncode == 0
+    whole = usbpo.main(tiny_args_argv("--no-finetune", "--exp-name", "mbpo", "--runs-dir", str(tmp_path / "whole")))
+    with open(csv_path) as a, open(os.path.join(whole, "progress.csv")) as b:
+        strip = [[{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)] for f in (a, b)]
+    assert strip[0] == strip[1] and [r["env_steps"] for r in strip[0]] == ["250", "500", "750"]
+    files = sorted(out.rglob("*"))
+    result = evidence("500")
+    assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, more than 500")
+    assert sorted(out.rglob("*")) == files
+    run_dir = out / "runs" / "evidence" / env_id / "mbpo_1"
+    (folder,) = glob.glob(str(run_dir / "*"))  # made a run stopped before its first checkpoint: kept aside, a new one made
+    os.remove(os.path.join(folder, "checkpoint.pt"))
+    with open(os.path.join(folder, "progress.csv")) as f:
+        first_row = f.readlines()[:2]
+    with open(os.path.join(folder, "progress.csv"), "w") as f:
+        f.writelines(first_row)
+    assert evidence("750").returncode == 0 and len(glob.glob(str(run_dir) + ".no-checkpoint-*/*/progress.csv")) == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -1395,9 +1575,9 @@ def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tm
                 proc.kill()
                 proc.wait()
 
-    files = sorted(out.rglob("*"))  # a budget other than the runs' own: refused, nothing touched
-    result = sweep(env_id, "1000", "1")
-    assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, not 1000")
+    files = sorted(out.rglob("*"))  # a budget below the runs' own: refused, nothing touched
+    result = sweep(env_id, "500", "1")
+    assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, more than 500")
     assert sorted(out.rglob("*")) == files and not tasks()
 
 

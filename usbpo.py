@@ -100,7 +100,7 @@ def build_parser():
     a("--finetune-lr", type=POSITIVE, default=1e-4, help="Adam learning rate of the fine-tune")
     a("--finetune-batch", type=POSITIVE_INT, default=1024, help="(s, a) from the model buffer per fine-tune step")
     a("--finetune-steps", type=COUNT, default=100, help="maximum fine-tune steps per model training")
-    a("--finetune-patience", type=POSITIVE_INT, default=10, help="stop after this many steps without validation improvement")
+    a("--finetune-patience", type=POSITIVE_INT, default=10, help="stop after more than this many steps without a gain")
     # CMLO (Ji et al. 2022), the seed's fixed-threshold baseline: retrain the model when an event trigger fires
     a("--cmlo", action="store_true", help="CMLO mode: event-triggered model updates, no fine-tune (threshold: preset)")
     a("--cmlo-threshold", type=POSITIVE, help="CMLO's alpha; implies --cmlo")
@@ -321,9 +321,9 @@ class ReplayBuffer:
 class EnsembleLinear(nn.Module):  # E independent linear layers as one batched matmul: x [E, B, in] -> [E, B, out]
     def __init__(self, ensemble_size, n_in, n_out):
         super().__init__()
-        bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default initialisation, per member
+        bound = math.sqrt(6.0 / (n_in + n_out))  # Keras Dense's default per member (softlearning's SAC): glorot-uniform
         self.weight = nn.Parameter(torch.empty(ensemble_size, n_in, n_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, n_out))
 
     def forward(self, x, members=None):  # members: a subset of the ensemble, by index
         weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
@@ -338,10 +338,9 @@ class GaussianEnsemble(nn.Module):  # E probabilistic MLPs predicting mean and l
         in_dim, self.out_dim, self.ensemble_size = obs_dim + act_dim, obs_dim + 1, ensemble_size
         dims = [in_dim, hidden, hidden, hidden, hidden, 2 * self.out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        for layer in self.layers:  # MBPO's std 1 / (2 sqrt(fan_in)). torch's +-2 bounds are absolute, so unlike MBPO's (2 std)
-            # nothing is cut: only the first training starts from it, and the committed evidence runs were made with it
-            nn.init.trunc_normal_(layer.weight, std=1.0 / (2.0 * math.sqrt(layer.weight.shape[1])))
-            nn.init.zeros_(layer.bias)
+        for layer in self.layers:  # MBPO's fc.py: TF's truncated normal, std 1 / (2 sqrt(fan_in)), redrawn beyond 2 std
+            std = 1.0 / (2.0 * math.sqrt(layer.weight.shape[1]))
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2.0 * std, b=2.0 * std)
         self.max_logvar, self.min_logvar = (nn.Parameter(torch.full((1, 1, self.out_dim), v)) for v in (0.5, -10.0))
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
@@ -479,13 +478,46 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
     return compute_emd(mu1, sd1, mu2, sd2) / B, compute_emd(mu2, sd2, mean2, std2).sum() / B / (E - 1)
 
 
+class SharedMomentsAdam:
+    """The authors' fine-tune optimizer (`--finetune-objective authors`). bnn.py builds its AdamOptimizer inside
+    `tf.variable_scope(self.name, reuse=True)` (finalize, l. 214-227), and TF's slot_creator shares a slot's scope under
+    reuse: its first and second moments ARE phase 1's Adam's, read and written in place; only its step count (its beta
+    powers) is its own, carried across trainings. TF1's Adam update, with g the fine-tune loss's gradient:
+        m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,  lr_t = lr sqrt(1 - b2^t) / (1 - b1^t),  w -= lr_t m / (sqrt(v) + eps)
+    with eps = 1e-8. A step therefore mostly follows phase 1's momentum, and phase 1 continues from the moments it leaves."""
+
+    def __init__(self, phase1_optimizer, lr):
+        self.phase1, self.lr, self.t = phase1_optimizer, lr, 0
+
+    def zero_grad(self, set_to_none=True):
+        self.phase1.zero_grad(set_to_none)
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        beta1, beta2 = self.phase1.defaults["betas"]
+        lr_t = self.lr * math.sqrt(1 - beta2**self.t) / (1 - beta1**self.t)
+        for group in self.phase1.param_groups:
+            for p in group["params"]:
+                m, v = self.phase1.state[p]["exp_avg"], self.phase1.state[p]["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                p.sub_(lr_t * m / (v.sqrt() + 1e-8))
+
+    def state_dict(self):
+        return {"t": self.t}
+
+    def load_state_dict(self, state):
+        self.t = state["t"]
+
+
 def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
-    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set; the phase-1
-    model is the first snapshot, so "keep nothing" is a legitimate outcome. authors: the run's Adam, to follow the authors'
-    code instead: their objective, with member indices p (M1), q (M2) drawn once from the run's seed; their one Adam (l. 215),
-    whose moments and step count carry over between trainings (TF1's epsilon placement, 1e-8 a step, is not reproduced);
-    their stop (more than `patience` steps without improvement, l. 343); snapshots of the layers only, so that the
-    log-variance bounds keep their last values (l. 261-276, 330)."""
+    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set as the
+    authors' `_union_save_best` (bnn.py l. 324-347): a snapshot at each gain over 1e-4 relative, a stop once more than
+    `finetune_patience` steps pass without one. The phase-1 model is the first snapshot, so "keep nothing" is a legitimate
+    outcome. authors: a SharedMomentsAdam, to follow the authors' code instead: their objective, with member indices p
+    (M1), q (M2) drawn once from the run's seed; their optimizer; snapshots of the layers only, so that the log-variance
+    bounds keep their last values (l. 261-276, 330)."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
     g = torch.Generator().manual_seed(args.seed)  # p, q: the same in every training of the run
     p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(train_inputs.device)
@@ -507,7 +539,7 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
 
     before = validate()
     best_loss, best_state, steps_kept, since_best = before[0], snapshot(), 0, 0
-    optimizer = authors or torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)
+    optimizer = authors or torch.optim.Adam(model.parameters(), lr=args.finetune_lr, fused=True)  # ours: its own moments
     for step in range(1, args.finetune_steps + 1):
         x = train_inputs[torch.randint(len(train_inputs), (args.finetune_batch,), device=train_inputs.device)]
         loss, _, _ = objective(x)
@@ -519,7 +551,9 @@ def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None
         check_finite(torch.tensor(val_loss), "phase 2 (fine-tune)")
         if best_loss > 0 and (best_loss - val_loss) / best_loss > 1e-4:
             best_loss, best_state, steps_kept, since_best = val_loss, snapshot(), step, 0
-        elif (since_best := since_best + 1) >= args.finetune_patience + (authors is not None):
+        else:
+            since_best += 1
+        if since_best > args.finetune_patience:
             break
     model.load_state_dict(best_state, strict=False)
     after = validate()
@@ -534,6 +568,9 @@ class Actor(nn.Module):  # tanh-squashed Gaussian policy, 2 x 256 ReLU, in [-1, 
         self.net = nn.Sequential(
             nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2 * act_dim)
         )
+        for layer in self.net[::2]:  # Keras Dense's defaults (softlearning's feedforward_model): glorot-uniform, zero biases
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.register_buffer("act_scale", torch.as_tensor((act_high - act_low) / 2.0, dtype=torch.float32))
         self.register_buffer("act_bias", torch.as_tensor((act_high + act_low) / 2.0, dtype=torch.float32))
 
@@ -563,8 +600,8 @@ class TwinQ(nn.Module):  # two Q-networks (2 x 256 ReLU) as one batched module: 
 class SAC(nn.Module):
     def __init__(self, obs_dim, act_dim, act_low, act_high, args):
         super().__init__()
-        self.actor = Actor(obs_dim, act_dim, act_low, act_high)  # torch's init, not softlearning's (Keras: glorot-uniform
-        self.qf = TwinQ(obs_dim, act_dim)  # weights, zero biases): kept, as the committed evidence runs were made with it
+        self.actor = Actor(obs_dim, act_dim, act_low, act_high)
+        self.qf = TwinQ(obs_dim, act_dim)
         self.qf_target, self.log_alpha = copy.deepcopy(self.qf).requires_grad_(False), nn.Parameter(torch.zeros(()))
         self.gamma, self.tau, self.target_entropy = args.gamma, args.tau, args.target_entropy
         params = (self.actor.parameters(), self.qf.parameters(), [self.log_alpha])
@@ -639,6 +676,7 @@ class CMLOTrigger:
     def __init__(self, alpha, check_every, lower=150, upper=500):
         self.alpha, self.check_every, self.lower, self.upper, self.last_s_ev = alpha, check_every, lower, upper, math.nan
         self.n, self.s_err, self.s_ev, self.e_bar, self.volumes, self.ratios = 0, 0.0, 0.0, 0.0, [], 0
+        self.due = True  # a model training is due: the first at the random phase's end, then each after the trigger fires
 
     def step(self, step, error=None, volume=None):  # one env step: error (once trained), every C steps V; retrain now?
         if error is not None:
@@ -652,13 +690,14 @@ class CMLOTrigger:
             self.volumes.append(volume)
         if fire or self.n >= self.upper:
             self.last_s_ev, self.n, self.s_err, self.s_ev = self.s_ev, 0, 0.0, 0.0  # last_s_ev: what Figure 1 is about
+            self.due = True
             return True
         return False
 
     @torch.no_grad()
-    def observe(self, model, real_buffer, row, step, learning_starts):  # step() on the stored real transition row [1, row]
+    def observe(self, model, real_buffer, row, step, model_trained):  # step() on the real transition row [1, row]
         (obs, act, _, next_obs, _), error, volume = real_buffer.split(row), None, None
-        if step > learning_starts:  # e: the mean over the elites of the L2 error of one sampled s'
+        if model_trained:  # e: the mean over the elites of the L2 error of one sampled s'
             mean, logvar = model(torch.cat([obs, act], -1).expand(len(model.elites), 1, -1), model.elites)
             delta = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # [elites, 1, 1 + obs]: reward first
             error = (obs + delta[:, :, 1:] - next_obs).norm(dim=-1).mean().item()
@@ -733,10 +772,8 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
     stats = dict(model_epochs=model_epochs)
     stats["holdout_mse_phase1"], stats["holdout_nll_phase1"] = (s[model.elites].mean().item() for s in model.scores(hx, hy))
     if not args.no_finetune and model_buffer.size > 0:  # the first training has no model data yet
-        if authors is None:
-            val_inputs = hx[torch.randperm(len(holdout), device=inputs.device)[:1024]]
-        else:  # their validation batch: exactly B rows, drawn with replacement (bnn.py l. 452)
-            val_inputs = hx[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
+        # the validation set as theirs (bnn.py l. 452): finetune_batch holdout rows drawn with replacement
+        val_inputs = hx[torch.randint(len(holdout), (args.finetune_batch,), device=inputs.device)]
         model_inputs = model_buffer.data[: model_buffer.size, : inputs.shape[1]]  # (s, a) of D_model ~ d^{pi1}_{M1}
         stats.update(usb_finetune(model, prev_model, model_inputs, val_inputs, args, authors, progress))
         model.elites.copy_(torch.argsort(model.scores(hx, hy)[0])[: len(model.elites)])  # re-picked
@@ -758,7 +795,7 @@ def main(argv=None):
     act_scale, act_bias = (b.cpu().numpy() for b in (agent.actor.act_scale, agent.actor.act_bias))  # stored: [-1, 1]
     model = GaussianEnsemble(obs_dim, act_dim, args.ensemble_size, args.num_elites, args.model_hidden).to(device)
     model_optim = torch.optim.Adam(model.parameters(), lr=args.model_lr, fused=True)
-    authors = torch.optim.Adam(model.parameters(), lr=args.finetune_lr) if args.finetune_objective == "authors" else None
+    authors = SharedMomentsAdam(model_optim, args.finetune_lr) if args.finetune_objective == "authors" else None
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
@@ -768,44 +805,73 @@ def main(argv=None):
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
     obs, _ = env.reset(seed=args.seed + run.start_step)
     with run:
-        obs, model_stats = (checkpoint["obs"], checkpoint["model_stats"]) if checkpoint else (obs, {})
+        if checkpoint:
+            obs, model_stats, episode, epoch, epoch_start = (checkpoint[key] for key in LOOP_STATE)
+        else:
+            model_stats, episode, epoch, epoch_start = {}, [], 0, None
         for global_step in range(run.start_step, args.total_timesteps + 1):
             run.step = global_step
-            # --- act in the real environment (NumPy only here, at the env boundary); store the transition at once, as MBPO's
-            # Algorithm 2 (the authors' sampler stores episodes at their end, so their random phase ends with an episode)
-            random_phase = global_step <= args.learning_starts  # uniform random actions, as MBPO's initial exploration
-            action = env.action_space.sample() if random_phase else numpy_action(agent.actor, obs, device)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            transition = np.concatenate([obs, (action - act_bias) / act_scale, [reward], next_obs, [float(terminated)]])
-            real_buffer.add(row := torch.as_tensor(transition, dtype=torch.float32).to(device)[None])
-            cmlo_fired = cmlo is not None and cmlo.observe(model, real_buffer, row, global_step, args.learning_starts)
-            obs = next_obs
-            if terminated or truncated:
-                run.episode(global_step, info["episode"])
-                obs, _ = env.reset()
-            if global_step >= args.learning_starts:
-                # --- phase 1, phase 2 every model_train_freq steps (CMLO: at learning starts, then when its trigger fires)
-                if (cmlo_fired or global_step == args.learning_starts) if cmlo else global_step % args.model_train_freq == 0:
+            samples = global_step - 1  # env steps taken before this one
+            # --- the order of one step of the authors' `_train` (mbpo.py l. 196-254). Uniform random actions until the real
+            # buffer holds learning_starts transitions (softlearning's initial exploration: it ends with an episode); then
+            # epochs of epoch_length steps, each lasting until the real buffer holds min_pool_size (ready_to_train)
+            random_phase = real_buffer.size < args.learning_starts
+            if not random_phase:
+                if epoch_start is None:
+                    epoch_start = samples
+                epoch_over = samples - epoch_start >= args.epoch_length and real_buffer.size >= args.min_pool_size
+                if epoch_over:
+                    epoch += 1
+                    epoch_start = samples
+                timestep = samples - epoch_start
+                # --- phase 1 and phase 2 every model_train_freq steps into the epoch, first thing in the step (CMLO: at
+                # the first epoch's start, then at the step after its trigger fires)
+                if cmlo:
+                    model_update_due = cmlo.due
+                else:
+                    model_update_due = timestep % args.model_train_freq == 0
+                if model_update_due:
                     model_stats = update_model(model, model_optim, real_buffer, model_buffer, args, authors, run.phase)
-                    model_stats.update(dict(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar) if cmlo else {})
+                    if cmlo:
+                        model_stats.update(cmlo_s_ev=cmlo.last_s_ev, cmlo_e_bar=cmlo.e_bar)
+                        cmlo.due = False
                     run.trained(global_step, model_stats)
                 # --- fresh model rollouts from real states, on MBPO's schedule (CMLO too, trained or not)
-                if global_step % args.model_train_freq == 0:
-                    epoch = (global_step - args.learning_starts) // args.epoch_length  # counted after the random phase
+                if timestep % args.model_train_freq == 0:
                     rollouts = model_rollouts(model, agent.actor, termination_fn, real_buffer, model_buffer, args, epoch)
                     model_stats.update(rollouts)
                     run.scalars(global_step, "model", rollouts)
-                # --- SAC on mixed real and model data, from min_pool_size real transitions (pendulums: step 1000, not 500). At
-                # learning_starts it updates before its first action; the authors' loop acts first (kept: the committed runs)
-                if args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size:
-                    losses = sac_step()
-                    check_finite(torch.stack(list(losses.values())), "SAC update")
-                    if global_step % 100 == 0:  # CleanRL's logging interval
-                        run.scalars(global_step, "losses", losses)
-            # --- end of epoch: evaluate and log; checkpoint every checkpoint_every epochs, at the end, and on a signal
+            # --- act in the real environment (NumPy only here, at the env boundary). The episode reaches the real buffer
+            # when it ends (terminated, or the time limit), as softlearning's SimpleSampler adds whole paths
+            if random_phase:
+                action = env.action_space.sample()
+            else:
+                action = numpy_action(agent.actor, obs, device)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            transition = np.concatenate([obs, (action - act_bias) / act_scale, [reward], next_obs, [float(terminated)]])
+            row = torch.as_tensor(transition, dtype=torch.float32).to(device)[None]
+            episode.append(row)
+            if cmlo:  # CMLO's trigger observes every step's transition, as its own code does
+                cmlo.observe(model, real_buffer, row, global_step, model_trained=not random_phase)
+            obs = next_obs
+            if terminated or truncated:
+                real_buffer.add(torch.cat(episode))
+                episode = []
+                run.episode(global_step, info["episode"])
+                obs, _ = env.reset()
+            # --- SAC on mixed real and model data, once the real buffer holds min_pool_size transitions
+            sac_due = not random_phase and args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size
+            if sac_due:
+                losses = sac_step()
+                check_finite(torch.stack(list(losses.values())), "SAC update")
+                if global_step % 100 == 0:  # CleanRL's logging interval
+                    run.scalars(global_step, "losses", losses)
+            # --- every epoch_length steps: evaluate and log (the authors evaluate at their epochs' ends, which follow the
+            # random phase's last episode; a fixed grid lets seeds be averaged, and evaluating changes no training)
             if global_step % args.epoch_length == 0:
                 run.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
-            run.end_of_step(global_step, obs, model_stats)
+            # --- checkpoint every checkpoint_every epochs, at the end, and on a signal
+            run.end_of_step(global_step, dict(zip(LOOP_STATE, (obs, model_stats, episode, epoch, epoch_start))))
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
         torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{run.run_dir}/model.pt")
@@ -818,7 +884,8 @@ def main(argv=None):
 CSV_FIELDS = """env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1
 holdout_nll_phase2 shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs
 model_trainings model_interval cmlo_s_ev cmlo_e_bar sps wall_time""".split()
-CHECKPOINT_FORMAT = 2  # raise it when what a checkpoint holds changes
+CHECKPOINT_FORMAT = 3  # raise it when what a checkpoint holds changes
+LOOP_STATE = ("obs", "model_stats", "episode", "epoch", "epoch_start")  # the loop's own variables in a checkpoint
 
 
 class Run:
@@ -916,14 +983,14 @@ class Run:
         self.bar.write(line) if not self.bar.disable else print(line, flush=True)
         self.last_print = time.time()
 
-    def end_of_step(self, step, obs, model_stats):  # a checkpoint when one is due or a signal asked to stop; then stop
+    def end_of_step(self, step, loop_state):  # a checkpoint when one is due or a signal asked to stop; then stop
         self.bar.update(1)
         if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
             self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
         every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
         if every and (self.signal or step == self.args.total_timesteps or into_epoch == 0 and epoch % every == 0):
             path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
-            loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, obs=obs, model_stats=model_stats)
+            loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, **loop_state)
             try:
                 torch.save({**state, **loop}, path + ".tmp")
             except RuntimeError as e:  # how torch reports a failed write

@@ -8,8 +8,9 @@
 # usbpo_shift_only (--bias-coef 0), usbpo_bias_only (--shift-coef 0), cmlo_a<ALPHA> (--cmlo-threshold ALPHA,
 # e.g. cmlo_a3.0). The runs (seeds outer, variants inner)
 # are dealt round-robin to LANES parallel lanes. Run again after a kill (or a session's end), the same
-# command continues each unfinished run from its last checkpoint, bit for bit, and skips finished ones;
-# delete runs/evidence/<env>/<variant>_<seed> to start that run over. The rule of one run is results/evidence_lib.sh
+# command continues each unfinished run from its last checkpoint, bit for bit, and skips finished ones; with a
+# larger STEPS it extends finished runs (as if started with STEPS); it never deletes a run (move
+# runs/evidence/<env>/<variant>_<seed> away to start that run over). The rule of one run is results/evidence_lib.sh
 # (shared with sweep.sbatch, the same runs as a Slurm job array); EXTRA_FLAGS and USBPO_OUT are described there.
 set -euo pipefail
 [ -z "${USBPO_OUT:-}" ] || USBPO_OUT=$(realpath -m "$USBPO_OUT")  # relative to where it was called from
