@@ -978,7 +978,7 @@ def test_truncation_does_not_terminate_and_run_resumes(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv)
     run_dir = glob.glob(str(tmp_path / "*"))[0]
-    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert ckpt["global_step"] == 1000
     assert ckpt["real_buffer"]["rows"].shape[0] == 1000 and torch.all(ckpt["real_buffer"]["rows"][:, -1] == 0)
     monkeypatch.undo()
@@ -1002,7 +1002,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, objective)
     with pytest.raises(KeyboardInterrupt):
         usbpo.main(argv + ["--runs-dir", str(tmp_path / "killed")])
     killed = glob.glob(str(tmp_path / "killed" / "*"))[0]
-    ckpt = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=True)
     assert ckpt["global_step"] == 400 and ckpt["env_and_rng"]["elapsed_steps"] > 0  # mid-episode
     monkeypatch.undo()
     usbpo.main(["--resume", killed])
@@ -1078,7 +1078,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
         assert tag in tags, tag
     # the real buffer holds the actions in [-1, 1], as softlearning's pool (its envs rescale them): replayed from each
     # stored state, InvertedPendulum (+-3) given 3 a reaches the stored next state, in the random phase and after it
-    rows = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["real_buffer"]["rows"].double()
+    rows = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["real_buffer"]["rows"].double()
     obs, act, _, next_obs, _ = usbpo.ReplayBuffer(1, 4, 1, "cpu").split(rows)
     assert 0.9 < act.abs().max() <= 1
     env = usbpo.make_env("InvertedPendulum-v4", 0).unwrapped
@@ -1092,7 +1092,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     returns = usbpo.main(["--evaluate", os.path.join(run_dir, "model.pt"), "--eval-episodes", "3"])  # the entry point
     assert len(returns) == 3 and all(1 <= r <= 1000 for r in returns)
     assert usbpo.main(["--evaluate", os.path.join(run_dir, "checkpoint.pt"), "--eval-episodes", "3"]) == returns  # same actor
-    assert_one_line_error(["--evaluate", os.path.join(run_dir, "config.json")], "holds no saved policy")
+    assert_one_line_error(["--evaluate", os.path.join(run_dir, "config.json")], "could not read")
     torch.save({"args": saved["args"]}, no_actor := os.path.join(run_dir, "no_actor.pt"))  # the run, but no weights
     assert_one_line_error(["--evaluate", no_actor], "holds no saved policy")
 
@@ -1161,6 +1161,31 @@ def test_capture_video_records_the_scene(tmp_path):
         assert len(frames) >= 3 and frames[0].std() > 5 and len(np.unique(frames[0].reshape(-1, 3), axis=0)) > 50
 
 
+class CreatesAFile:  # unpickled, it would create its file: a stand-in for code hidden in a shared model.pt
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("name", ["model.pt", "checkpoint.pt"])
+def test_a_file_holding_code_is_refused_before_anything_in_it_runs(tmp_path, name):
+    """--evaluate and --resume load with weights_only=True: a crafted file, a real one's contents with one object
+    whose unpickling would create a file, is refused in one line, and the file is never created."""
+    run_dir = usbpo.main(tiny_args_argv("--total-timesteps", "300", "--save-model", "--runs-dir", str(tmp_path / "run")))
+    saved = torch.load(os.path.join(run_dir, name), weights_only=True)  # the genuine file loads safely
+    assert usbpo.main(["--evaluate", os.path.join(run_dir, name), "--eval-episodes", "1"])
+    marker, crafted = tmp_path / "pwned", tmp_path / "crafted"
+    crafted.mkdir()
+    torch.save({**saved, "note": CreatesAFile(str(marker))}, crafted / name)
+    message = "nothing in it was run"
+    assert_one_line_error(["--evaluate", str(crafted / name)], message)
+    if name == "checkpoint.pt":
+        assert_one_line_error(["--resume", str(crafted)], message)
+    assert not marker.exists()
+
+
 def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "no checkpoint at")
     (tmp_path / "checkpoint.pt").write_bytes(b"cut off by a full disk")
@@ -1206,7 +1231,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_how_to_continue(tmp_path):
     (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
     step = int(stderr.split("at step ")[1].split(";")[0])
     assert f"{sys.executable} {os.path.join(HERE, 'usbpo.py')} --resume {run_dir}" in stderr + stdout
-    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"] == step >= 250
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["global_step"] == step >= 250
 
 
 def rows_in(run_dir):
@@ -1218,7 +1243,7 @@ def final_state(run_dir):
     """The CSV rows without timing columns, and the last checkpoint."""
     with open(os.path.join(run_dir, "progress.csv")) as f:
         rows = [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
-    return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
 
 
 def assert_same_run(run_a, run_b):
@@ -1241,7 +1266,7 @@ def test_sigterm_stops_at_the_current_step_and_the_resumed_run_matches(tmp_path)
     )
     assert_failed_with_one_line(code, stderr, "stopped by SIGTERM at step")
     (run_dir,) = glob.glob(str(stopped / "*"))
-    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["global_step"]
+    step = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["global_step"]
     assert 500 <= step < 1500 and f"at step {step};" in stderr
     usbpo.main(["--resume", run_dir])
     assert_same_run(whole, run_dir)
@@ -1260,7 +1285,7 @@ def test_resume_extends_a_finished_run_as_if_started_with_the_larger_budget(tmp_
     with pytest.raises(SystemExit) as finished:  # --device auto: wherever the run was made
         usbpo.main(["--resume", short, "--device", "auto"])
     assert finished.value.code == 0
-    checkpoint = torch.load(os.path.join(short, "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(short, "checkpoint.pt"), weights_only=True)
     del checkpoint["args"]["finetune_patience"]  # as if written before the flag existed: the run had its default
     os.makedirs(older := str(tmp_path / "older"))
     torch.save(checkpoint, os.path.join(older, "checkpoint.pt"))
@@ -1301,7 +1326,7 @@ def test_a_failed_checkpoint_write_keeps_the_last(tmp_path, monkeypatch):
     message = str(stop.value)
     assert message.startswith("usbpo: error: could not write") and "is the disk full?" in message, message
     assert "at step 750; continue from the checkpoint of step 500 with:" in message and "--resume" in message, message
-    assert torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)["global_step"] == 500
+    assert torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True)["global_step"] == 500
 
 
 @pytest.mark.parametrize("phase", ["SAC update", "model rollout", "phase 2 (fine-tune)", "phase 1 (maximum likelihood)"])
@@ -1334,7 +1359,7 @@ def test_non_finite_values_stop_the_run_before_a_checkpoint(tmp_path, monkeypatc
     assert f"non-finite values in the {phase} at step" in message
     assert f"continue from the checkpoint of step {last_good}" in message
     (run_dir,) = glob.glob(str(tmp_path / "*"))
-    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert checkpoint["global_step"] == last_good and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import re
 import signal
@@ -143,6 +144,16 @@ def fail(message):  # one line that says what to do (an exception's text in it m
     raise SystemExit(f"usbpo: error: {' '.join(message.split())}")
 
 
+def load_safely(path, what):
+    """A model.pt or checkpoint.pt, unpickled with torch's weights_only=True: tensors and plain values only (MuJoCo's state
+    is bytes, read by MuJoCo). A file holding any other object is refused before anything in it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        not_plain = "damaged, written by an older usbpo.py, or holding objects other than tensors and plain values"
+        fail(f"could not read {path} as a usbpo {what}: {not_plain} (nothing in it was run)")
+
+
 def check_finite(value, phase):  # a NaN or inf stops the run (the Run names the step) before it reaches a checkpoint
     if not torch.isfinite(value).all():
         raise FloatingPointError(phase)
@@ -161,10 +172,10 @@ def parse_args(argv=None):
     args, checkpoint = (parser := build_parser()).parse_args(argv), None
     if args.resume and not args.evaluate:
         try:
-            checkpoint = torch.load(path := os.path.join(args.resume, "checkpoint.pt"), map_location="cpu", weights_only=False)
+            checkpoint = load_safely(path := os.path.join(args.resume, "checkpoint.pt"), "checkpoint")
         except FileNotFoundError:
             fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
-        except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData)
+        except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData's bytes)
             fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:  # no release has been made
             fail(f"{path} was written by an older usbpo.py or another program, which this one cannot continue; start again")
@@ -746,7 +757,7 @@ def evaluate(actor, env, n_episodes, device):  # returns of the deterministic po
 def evaluate_saved(path, episodes, capture_video=False):
     """--evaluate: the deterministic returns of the policy in a model.pt (--save-model) or a run's checkpoint.pt."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_safely(path, "model or checkpoint")
         args, agent = argparse.Namespace(**saved["args"]), saved.get("agent", {})
         actor_state = saved["actor"] if "actor" in saved else {k[6:]: v for k, v in agent.items() if k.startswith("actor.")}
         video = os.path.join(os.path.dirname(path), "videos-evaluate") if capture_video else None
@@ -807,6 +818,7 @@ def main(argv=None):
     with run:
         if checkpoint:
             obs, model_stats, episode, epoch, epoch_start = (checkpoint[key] for key in LOOP_STATE)
+            obs = obs.numpy()
         else:
             model_stats, episode, epoch, epoch_start = {}, [], 0, None
         for global_step in range(run.start_step, args.total_timesteps + 1):
@@ -871,7 +883,8 @@ def main(argv=None):
             if global_step % args.epoch_length == 0:
                 run.epoch(global_step, lambda: evaluate(agent.actor, eval_env, args.eval_episodes, device), model_stats)
             # --- checkpoint every checkpoint_every epochs, at the end, and on a signal
-            run.end_of_step(global_step, dict(zip(LOOP_STATE, (obs, model_stats, episode, epoch, epoch_start))))
+            loop_state = (torch.from_numpy(obs), model_stats, episode, epoch, epoch_start)
+            run.end_of_step(global_step, dict(zip(LOOP_STATE, loop_state)))
     if args.save_model:
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
         torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{run.run_dir}/model.pt")
@@ -884,7 +897,7 @@ def main(argv=None):
 CSV_FIELDS = """env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1
 holdout_nll_phase2 shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs
 model_trainings model_interval cmlo_s_ev cmlo_e_bar sps wall_time""".split()
-CHECKPOINT_FORMAT = 3  # raise it when what a checkpoint holds changes
+CHECKPOINT_FORMAT = 4  # raise it when what a checkpoint holds changes
 LOOP_STATE = ("obs", "model_stats", "episode", "epoch", "epoch_start")  # the loop's own variables in a checkpoint
 
 
@@ -1027,9 +1040,10 @@ class Run:
 
 
 def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
-    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}. Last, what continuing the episode
-    in progress needs: MuJoCo's whole MjData (with the derived positions, which Ant's and Humanoid's next reward reads one
-    substep stale), the time limit's counter, the episode statistics and the random generators (Python, NumPy, torch, envs)."""
+    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}, in tensors and plain values only
+    (load_safely). Last, what continuing the episode in progress needs: MuJoCo's whole MjData as MuJoCo serialises it (with
+    the derived positions, which Ant's and Humanoid's next reward reads one substep stale), the time limit's counter, the
+    episode statistics and the random generators (Python, NumPy, torch, envs)."""
     stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
     stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
     stateful.update({"finetune_optim": authors} if authors else {})  # the authors' Adam lives across trainings
@@ -1044,17 +1058,23 @@ def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, mode
 
     def save():
         torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda is not None else None]
-        return dict(mjdata=env.unwrapped.data, elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
-                    episode_stats=(env.episode_returns, env.episode_lengths),
-                    rngs=[random.getstate(), np.random.get_state(), *torch_rngs],
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_rng = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+        return dict(mjdata=env.unwrapped.data.__getstate__(), elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
+                    episode_stats=(float(env.episode_returns), int(env.episode_lengths)),
+                    rngs=[random.getstate(), numpy_rng, *torch_rngs],
                     generators=[g.bit_generator.state for g in generators()])  # fmt: skip
 
     def restore(state):  # on envs that have been reset once
-        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, state["mjdata"])
+        mjdata = mujoco.MjData.__new__(mujoco.MjData)
+        mjdata.__setstate__(state["mjdata"])  # MuJoCo's own reader of its bytes, not pickle
+        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, mjdata)
         env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
         env.episode_returns, env.episode_lengths = state["episode_stats"]
-        python, numpy, torch_cpu, cuda_rng = state["rngs"]
-        random.setstate(python), np.random.set_state(numpy), torch.set_rng_state(torch_cpu)
+        python, (name, keys, position, has_gauss, gauss), torch_cpu, cuda_rng = state["rngs"]
+        random.setstate(python)
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(torch_cpu)
         if cuda_rng is not None and cuda is not None:
             torch.cuda.set_rng_state(cuda_rng, cuda)
         for generator, generator_state in zip(generators(), state["generators"]):

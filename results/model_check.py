@@ -21,7 +21,7 @@ def checkpoint(run_dir):
     paths = glob.glob(os.path.join(run_dir, "**", "checkpoint.pt"), recursive=True)
     if not paths:
         sys.exit(f"no checkpoint.pt under {run_dir}")
-    return torch.load(paths[0], weights_only=False)
+    return torch.load(paths[0], weights_only=False)  # our own runs, some written before checkpoints held plain values only
 
 
 def dims(state):

@@ -1,11 +1,11 @@
-"""Figures and tables from the runs' CSVs: python results/plot.py  (needs matplotlib)
+"""Figures and tables from the runs' CSVs: python results/plot.py  (needs results/requirements.txt)
 
 Reads results/<env>/<variant>_seed<seed>.csv (copies of the runs' progress.csv) and writes
     results/<env>.png              eval return vs env steps, mean and min-max band over seeds
     results/<env>_finetune.png     the fine-tune diagnostics of USB-PO over training
     results/<env>_cmlo.png         with CMLO runs: how often each threshold retrains the model (the seed's Figure 1)
-and prints, per env, a Markdown table of eval return at fixed step counts (mean +- std over seeds, and
-the mean of the last 5 evaluations, which is less noisy than one) and a summary of the fine-tune
+and prints, per env, a Markdown table of eval return at fixed step counts (mean +- population std over seeds, and
+the IQM over seeds of the mean of the last 5 evaluations with its CI, from stats.py) and a summary of the fine-tune
 diagnostics of each USB-PO seed (and, with CMLO runs, the intervals between model trainings per threshold).
 """
 
@@ -19,11 +19,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import stats  # noqa: E402  (results/stats.py, beside this file)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {  # file prefix: label, colour (the order of the tables)
     "usbpo": ("USB-PO", "tab:red"),
-    "usbpo_authors": ("USB-PO, authors' loss", "tab:orange"),
+    "usbpo_authors": ("USB-PO, authors' fine-tune", "tab:orange"),
+    "usbpo_authors_loss": ("USB-PO, authors' loss with its own Adam (earlier base)", "tab:brown"),
     "usbpo_shift_only": ("USB-PO, shift term only", "tab:purple"),
     "usbpo_bias_only": ("USB-PO, bias term only", "tab:green"),
     "mbpo": ("MBPO (--no-finetune)", "tab:blue"),
@@ -137,7 +139,8 @@ def plot_finetune(env, runs):
 
 
 def table(env, runs, points, last):
-    print(f"\n{env}: eval return at fixed env steps (mean +- std over seeds)\n")
+    print(f"\n{env}: eval return at fixed env steps, mean +- population std over seeds; the last column (one number per")
+    print("run, the mean of its last five evaluations): IQM over seeds [95% stratified bootstrap CI] (results/stats.py)\n")
     print(
         "| variant | seeds | "
         + " | ".join(f"{p // 1000}k" if p % 1000 == 0 else str(p) for p in points)
@@ -152,7 +155,8 @@ def table(env, runs, points, last):
             hit = np.nonzero(steps == p)[0]
             cells.append(cell(values[:, hit[0]]) if len(hit) else "-")
         end = np.nonzero(steps == last)[0][0] + 1
-        cells.append(cell(values[:, max(end - 5, 0) : end].mean(1)))
+        iqm, low, high = stats.iqm_intervals({variant: values[:, max(end - 5, 0) : end].mean(1)[:, None]})[variant]
+        cells.append(f"{iqm:.0f} [{low:.0f}, {high:.0f}]")
         print(f"| {label_of(runs, variant)} | {len(seeds)} | " + " | ".join(cells) + " |")
     solved_at = SOLVED.get(env.split("-")[0])  # the task's maximum return, near enough
     for variant, seeds in runs.items():
