@@ -5,7 +5,6 @@ against numerical integration, a termination function against the real environme
 training step against the holdout data, a run against the files it must write.
 """
 
-import contextlib
 import copy
 import csv
 import glob
@@ -17,26 +16,15 @@ import statistics
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import usbpo
+from conftest import HERE, assert_failed_with_one_line, final_state, rows_in, tiny_args_argv, usbpo_command
 
-torch.set_num_threads(1)  # as usbpo.py by default: results that do not depend on the machine's core count, no collapse
-HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_ENV_IDS = [f"{family}-{v}" for family in usbpo.PRESETS for v in usbpo.SUPPORTED_VERSIONS]
-
-
-def tiny_args_argv(*extra, env_id="InvertedPendulum-v4"):
-    """The command line of a configuration small enough for a run to go through every phase in seconds."""
-    small = (
-        "--total-timesteps 750 --learning-starts 250 --epoch-length 250 --model-train-freq 250 --rollout-batch-size 500 "
-        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 5 --finetune-steps 20 --no-progress --min-pool-size 0"
-    )
-    return ["--env-id", env_id, *small.split(), *extra]
 
 
 def tiny_args(*extra, env_id="InvertedPendulum-v4"):
@@ -55,6 +43,20 @@ def random_transitions(env_id, n, seed=0):
         buffer.add(torch.as_tensor(np.concatenate([obs, act, [rew], next_obs, [terminated]]), dtype=torch.float32)[None])
         obs = env.reset()[0] if terminated or truncated else next_obs
     return buffer, obs_dim, act_dim
+
+
+def assert_one_line_error(argv, message):
+    result = subprocess.run(usbpo_command(argv), capture_output=True, text=True, timeout=120)
+    assert_failed_with_one_line(result.returncode, result.stderr, message)
+
+
+def assert_same_run(run_a, run_b):
+    (rows_a, end_a), (rows_b, end_b) = final_state(run_a), final_state(run_b)
+    assert rows_a == rows_b and end_a["global_step"] == end_b["global_step"]
+    for key in ["agent", "model"]:
+        for name, tensor in end_a[key].items():
+            assert torch.equal(tensor, end_b[key][name]), (key, name)
+    assert torch.equal(end_a["real_buffer"]["rows"], end_b["real_buffer"]["rows"])
 
 
 # --------------------------------------------------------------------------------------
@@ -914,11 +916,11 @@ def test_loop_follows_the_authors_train_step_by_step(tmp_path, monkeypatch):
     loop transcribed independently, on a run whose first epoch is stretched (min_pool_size 700 > 250 + 250)."""
     assert (usbpo.PRESETS["InvertedDoublePendulum"]["learning_starts"], usbpo.parse_args([])[0].min_pool_size) == (500, 1000)
     trained, epochs, episode_ends, sac_calls, sac_counts = [], [], set(), [], {}
-    real_trained, real_rollouts, real_call = usbpo.Run.trained, usbpo.model_rollouts, usbpo.SACStep.__call__
+    real_trained, real_rollouts, real_sac_updates = usbpo.Run.trained, usbpo.model_rollouts, usbpo.sac_updates
     real_episode, real_end, real_finetune = usbpo.Run.episode, usbpo.Run.end_of_step, usbpo.usb_finetune
     monkeypatch.setattr(usbpo.Run, "trained", lambda run, step, stats: trained.append(step) or real_trained(run, step, stats))
     monkeypatch.setattr(usbpo, "model_rollouts", lambda *a: epochs.append(a[-1]) or real_rollouts(*a))
-    monkeypatch.setattr(usbpo.SACStep, "__call__", lambda self: sac_calls.append(1) or real_call(self))
+    monkeypatch.setattr(usbpo, "sac_updates", lambda *a: sac_calls.append(1) or real_sac_updates(*a))
     monkeypatch.setattr(usbpo.Run, "episode", lambda run, t, stats: episode_ends.add(t) or real_episode(run, t, stats))
 
     def end_of_step(run, step, loop_state):
@@ -1196,21 +1198,6 @@ def test_missing_or_unreadable_checkpoint_gives_one_line_error(tmp_path):
     assert_one_line_error(["--resume", str(tmp_path)], "written by an older usbpo.py or another program")
 
 
-def usbpo_command(argv):
-    return [sys.executable, os.path.join(HERE, "usbpo.py"), *argv]
-
-
-def assert_one_line_error(argv, message):
-    result = subprocess.run(usbpo_command(argv), capture_output=True, text=True, timeout=120)
-    assert_failed_with_one_line(result.returncode, result.stderr, message)
-
-
-def assert_failed_with_one_line(returncode, stderr, message):
-    assert returncode != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, stderr
-
-
 def stop_real_run(argv, run_dir_glob, sig, ready):
     """Start usbpo.py in a subprocess, send it sig once ready(run_dir) holds; returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(usbpo_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -1231,28 +1218,8 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_how_to_continue(tmp_path):
     (run_dir,) = glob.glob(os.path.join(tmp_path, "*"))
     step = int(stderr.split("at step ")[1].split(";")[0])
     assert f"{sys.executable} {os.path.join(HERE, 'usbpo.py')} --resume {run_dir}" in stderr + stdout
+    assert "usbpo: SIGINT: stopping with a checkpoint after the current env step" in stdout  # said at once
     assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["global_step"] == step >= 250
-
-
-def rows_in(run_dir):
-    path = os.path.join(run_dir, "progress.csv")
-    return sum(1 for _ in open(path)) - 1 if os.path.isfile(path) else 0
-
-
-def final_state(run_dir):
-    """The CSV rows without timing columns, and the last checkpoint."""
-    with open(os.path.join(run_dir, "progress.csv")) as f:
-        rows = [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
-    return rows, torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
-
-
-def assert_same_run(run_a, run_b):
-    (rows_a, end_a), (rows_b, end_b) = final_state(run_a), final_state(run_b)
-    assert rows_a == rows_b and end_a["global_step"] == end_b["global_step"]
-    for key in ["agent", "model"]:
-        for name, tensor in end_a[key].items():
-            assert torch.equal(tensor, end_b[key][name]), (key, name)
-    assert torch.equal(end_a["real_buffer"]["rows"], end_b["real_buffer"]["rows"])
 
 
 def test_sigterm_stops_at_the_current_step_and_the_resumed_run_matches(tmp_path):
@@ -1383,379 +1350,3 @@ def test_learns_inverted_pendulum(tmp_path):
     with open(os.path.join(run_dir, "progress.csv")) as f:
         returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
     assert max(returns) >= 900, returns
-
-
-def test_run_evidence_extends_refuses_and_never_deletes_a_run(tmp_path):
-    """results/run_evidence.sh: a finished run given a larger budget is extended (equal to a run started with it), a
-    smaller budget is refused in one line with nothing touched, a folder without a checkpoint is kept aside."""
-    if not os.path.exists(os.path.join(HERE, ".venv", "bin", "python")):
-        pytest.skip("results/run_evidence.sh runs .venv/bin/python, which this checkout lacks")
-    env_id, out = "InvertedPendulum-v4", tmp_path / "out"
-    env = {**os.environ, "USBPO_OUT": str(out), "VARIANTS": "mbpo", "LANES": "1",
-           "EXTRA_FLAGS": " ".join(tiny_args_argv()[2:])}  # fmt: skip
-
-    def evidence(steps):
-        return subprocess.run(["bash", "results/run_evidence.sh", env_id, steps, "1"], cwd=HERE, env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-
-    assert evidence("500").returncode == 0
-    csv_path = out / "results" / env_id / "mbpo_seed1.csv"
-    assert evidence("750").returncode == 0
-    whole = usbpo.main(tiny_args_argv("--no-finetune", "--exp-name", "mbpo", "--runs-dir", str(tmp_path / "whole")))
-    with open(csv_path) as a, open(os.path.join(whole, "progress.csv")) as b:
-        strip = [[{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)] for f in (a, b)]
-    assert strip[0] == strip[1] and [r["env_steps"] for r in strip[0]] == ["250", "500", "750"]
-    files = sorted(out.rglob("*"))
-    result = evidence("500")
-    assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, more than 500")
-    assert sorted(out.rglob("*")) == files
-    run_dir = out / "runs" / "evidence" / env_id / "mbpo_1"
-    (folder,) = glob.glob(str(run_dir / "*"))  # made a run stopped before its first checkpoint: kept aside, a new one made
-    os.remove(os.path.join(folder, "checkpoint.pt"))
-    with open(os.path.join(folder, "progress.csv")) as f:
-        first_row = f.readlines()[:2]
-    with open(os.path.join(folder, "progress.csv"), "w") as f:
-        f.writelines(first_row)
-    assert evidence("750").returncode == 0 and len(glob.glob(str(run_dir) + ".no-checkpoint-*/*/progress.csv")) == 1
-
-
-# --------------------------------------------------------------------------------------
-# The evidence sweep as a Slurm job array (results/sweep.sbatch), against a real Slurm
-# --------------------------------------------------------------------------------------
-
-
-def slurm_command(cmd, env, timeout=60):
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture
-def slurm_cluster(tmp_path):
-    """A one-node Slurm cluster as root (munged, slurmctld, slurmd, in a fresh folder, on free ports): the environment
-    that points Slurm's commands at it. Every daemon is stopped by its pid afterwards, its jobs cancelled first."""
-    import shutil
-    import socket
-    import tempfile
-
-    missing = [p for p in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel") if not shutil.which(p)]
-    if missing:
-        pytest.skip(f"no {', '.join(missing)}: apt-get install -y slurmctld slurmd munge (as .ci/run does)")
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster's daemons run as root, and this is not root")
-    if not os.access(os.path.join(HERE, ".venv", "bin", "python"), os.X_OK):
-        pytest.skip("results/sweep.sbatch runs .venv/bin/python, which this checkout lacks")
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    d = tempfile.mkdtemp(prefix="usbpo-slurm-")  # a short path: a socket's path has at most 107 characters
-    os.makedirs(f"{d}/state"), os.makedirs(f"{d}/spool")
-    with open(f"{d}/munge.key", "wb") as f:
-        f.write(os.urandom(1024))
-    os.chmod(f"{d}/munge.key", 0o600)
-    conf = f"""ClusterName=usbpotest
-SlurmctldHost=localhost
-SlurmUser=root
-SlurmdUser=root
-SlurmctldPort={ports[0]}
-SlurmdPort={ports[1]}
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={d}/munge.socket
-StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
-SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-MailProg=/bin/true
-ReturnToService=2
-KillWait=30
-MinJobAge=600
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
-PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-"""
-    with open(f"{d}/slurm.conf", "w") as f:
-        f.write(conf)
-    env = {**os.environ, "SLURM_CONF": f"{d}/slurm.conf"}
-    daemons = {
-        "munged": ["munged", "-F", "--force", f"--key-file={d}/munge.key", f"--socket={d}/munge.socket",
-                   f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed"],
-        "slurmctld": ["slurmctld", "-D", "-f", f"{d}/slurm.conf"],
-        "slurmd": ["slurmd", "-D", "-N", "localhost", "-f", f"{d}/slurm.conf"],
-    }  # fmt: skip
-    up = {
-        "munged": lambda: os.path.exists(f"{d}/munge.socket"),
-        "slurmctld": lambda: "is UP" in slurm_command(["scontrol", "ping"], env).stdout,
-        "slurmd": lambda: slurm_command(["sinfo", "-h", "-o", "%T"], env).stdout.strip() == "idle",
-    }
-    procs = []
-    try:
-        for name, cmd in daemons.items():
-            with open(f"{d}/{name}.out", "w") as log:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-            deadline = time.time() + 60
-            while not up[name]() and procs[-1].poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-            if not up[name]():
-                last = open(f"{d}/{name}.out").read().strip().splitlines()[-1:] or ["(no output)"]
-                pytest.skip(f"{name} did not come up within 60 s here: {last[0]}")
-        yield env
-    finally:
-        if procs and up["slurmctld"]():  # cancel what is left, and wait until its processes are gone
-            slurm_command(["scancel", "--partition=test"], env)
-            deadline = time.time() + 120
-            while slurm_command(["squeue", "-h"], env).stdout.strip() and time.time() < deadline:
-                time.sleep(0.5)
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def test_sweep_on_slurm_survives_requeue_and_time_limit_signal(slurm_cluster, tmp_path):
-    """results/sweep.sbatch on a real Slurm: two array tasks (USB-PO and MBPO, seed 1). Mid-run, one is requeued by
-    scontrol (Slurm's SIGTERM to every process of the task, as in a preemption); the other gets the time limit's SIGUSR1
-    at its batch shell alone (scancel --batch), which passes it on as SIGTERM and requeues the task. Both continue from
-    a checkpoint of the step they were stopped at and end with the CSVs of runs never stopped, in <out>/results/<env>/.
-    Bad input gets one line, submits nothing and makes no folder."""
-    env_id, out = "InvertedPendulum-v4", tmp_path / "out"
-    runs, extra = out / "runs" / "evidence" / env_id, tiny_args_argv("--checkpoint-every", "1")[2:]  # the sweep gives --env-id
-    variants = {"usbpo": [], "mbpo": ["--no-finetune"]}
-    env = {**slurm_cluster, "USBPO_OUT": str(out), "VARIANTS": " ".join(variants), "EXTRA_FLAGS": " ".join(extra)}
-
-    def sweep(*args, **overrides):
-        return subprocess.run(["bash", "results/sweep.sbatch", *args], cwd=HERE, env={**env, **overrides},
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-
-    def tasks():  # {array task: (state, reason)} of the tasks still queued or running
-        lines = slurm_command(["squeue", "-h", "-r", "-o", "%i %T %r"], env).stdout.split("\n")
-        return {line.split()[0]: tuple(line.split()[1:3]) for line in lines if line.strip()}
-
-    def rows(path):
-        with open(path) as f:
-            return [{k: v for k, v in r.items() if k not in ("sps", "wall_time")} for r in csv.DictReader(f)]
-
-    for args, overrides, message in [
-        ((env_id, "750"), {}, "usage: bash results/sweep.sbatch ENV_ID STEPS SEED..."),
-        ((env_id, "750", "1"), {"VARIANTS": "usbpo nope"}, "unknown variant 'nope'"),
-        (("Hopper-v3", "750", "1"), {}, "unsupported environment 'Hopper-v3'"),
-    ]:
-        result = sweep(*args, **overrides)
-        assert_failed_with_one_line(result.returncode, result.stderr, message)
-    assert not out.exists() and not tasks()
-
-    whole = {}  # the same runs, never stopped, alongside
-    try:
-        for v, flags in variants.items():
-            argv = [*extra, "--env-id", env_id, "--seed", "1", *flags, "--exp-name", v, "--runs-dir", str(tmp_path / v)]
-            with open(tmp_path / f"{v}.log", "w") as log:
-                whole[v] = subprocess.Popen(usbpo_command(argv), env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
-                                            stderr=subprocess.STDOUT)  # fmt: skip
-        submitted = sweep(env_id, "750", "1")
-        assert submitted.returncode == 0 and "Submitted batch job" in submitted.stdout, submitted.stderr
-        job = submitted.stdout.split()[-1]
-        task = {"usbpo": f"{job}_0", "mbpo": f"{job}_1"}  # seeds outer, variants inner, as run_evidence.sh
-        stop = {  # USB-PO after its first checkpoint; MBPO after its second, while USB-PO runs again (a requeue of
-            # the whole array instead of the one task would requeue that one too: Restarts=2)
-            "usbpo": (lambda d: os.path.exists(os.path.join(d, "checkpoint.pt")), ["scontrol", "requeue", task["usbpo"]]),
-            "mbpo": (lambda d: rows_in(d) >= 2, ["scancel", "--batch", "--signal=USR1", task["mbpo"]]),
-        }
-        deadline, requeued = time.time() + 600, {}
-        while (stop or tasks()) and time.time() < deadline:
-            for v in [v for v, (ready, _) in stop.items() if any(map(ready, glob.glob(str(runs / f"{v}_1" / "*"))))]:
-                result = slurm_command(stop.pop(v)[1], env)
-                assert result.returncode == 0, result.stderr
-            for t in [t for t, (state, reason) in tasks().items() if (state, reason) == ("PENDING", "BeginTime")]:
-                # a requeued task waits (BeginTime); started here 2 s on, not at once: Slurm refuses a start in the
-                # second its old credential was revoked ("Job credential revoked": FAILED, ExitCode 1:0)
-                if time.time() - requeued.setdefault(t, time.time()) > 2:
-                    slurm_command(["scontrol", "update", f"JobId={t}", "StartTime=now"], env)
-            time.sleep(0.2)
-        assert not stop and not tasks(), f"not ended within 10 minutes: {list(stop)} not stopped; {tasks()} in the queue"
-        for v in variants:
-            record = slurm_command(["scontrol", "-o", "show", "job", task[v]], env).stdout
-            assert all(f in record.split() for f in ("JobState=COMPLETED", "Restarts=1", "ExitCode=0:0")), record
-            log = (runs / f"{v}_1.log").read_text()
-            assert log.count("usbpo: stopped by SIGTERM at step ") == 1, log
-            step = int(log.split("stopped by SIGTERM at step ")[1].split(";")[0])
-            assert 250 <= step < 750 and "continuing from " in log and f"at step {step}\n" in log.split("resumed from ")[1]
-            assert whole[v].wait(timeout=600) == 0, (tmp_path / f"{v}.log").read_text()
-            (whole_dir,) = glob.glob(str(tmp_path / v / "*"))
-            csv_path = out / "results" / env_id / f"{v}_seed1.csv"
-            assert [r["env_steps"] for r in rows(csv_path)] == ["250", "500", "750"]
-            assert rows(csv_path) == rows(os.path.join(whole_dir, "progress.csv")), v
-    finally:
-        for proc in whole.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-    files = sorted(out.rglob("*"))  # a budget below the runs' own: refused, nothing touched
-    result = sweep(env_id, "500", "1")
-    assert_failed_with_one_line(result.returncode, result.stderr, "holds a run of 750 steps, more than 500")
-    assert sorted(out.rglob("*")) == files and not tasks()
-
-
-# --------------------------------------------------------------------------------------
-# SACStep, the loop's env step of SAC work, and its CUDA-graphed form (benchmarks/graphed_sac.py, issue 23): the
-# samplers and the graph's bookkeeping here (stand-ins for torch.cuda), the graph itself on a GPU
-# --------------------------------------------------------------------------------------
-
-
-def load_graphed_sac():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("graphed_sac", os.path.join(HERE, "benchmarks", "graphed_sac.py"))
-    graphed_sac = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(graphed_sac)
-    return graphed_sac
-
-
-@pytest.mark.parametrize("graphed", [False, True])
-def test_sac_step_samples_real_ratio_real_rows_and_model_rows(graphed):
-    """Both samplers, usbpo.SACStep's and the graphed step's (with the buffer sizes on the device; it runs on the CPU
-    too), draw rows only from the filled part of each buffer, every such row, and all of a batch real while the model
-    buffer is empty, then its first int(batch * real_ratio) rows real and the rest model data; one batch per update."""
-    args = SimpleNamespace(updates_per_step=4, batch_size=256, real_ratio=0.05, compile=False)
-    real, model = usbpo.ReplayBuffer(100, 2, 1, "cpu"), usbpo.ReplayBuffer(50, 2, 1, "cpu")
-    real.add(torch.arange(1.0, 31.0)[:, None].expand(30, real.data.shape[1]))  # real rows 1..30 (in 100 slots)
-    batches = []
-    agent = SimpleNamespace(update=lambda obs, *rest: batches.append(obs[:, 0]) or {"loss": obs.sum()})
-    agent.actor_optim = agent.qf_optim = agent.alpha_optim = None  # not stepped here
-    step = (load_graphed_sac().GraphedSACStep if graphed else usbpo.SACStep)(agent, real, model, args)
-    torch.manual_seed(0)
-    for model_rows in (0, 20):
-        model.add(torch.arange(1001.0, 1001.0 + model_rows)[:, None].expand(model_rows, model.data.shape[1]))
-        batches.clear()
-        if graphed:
-            step.sizes.copy_(torch.tensor([real.size, model.size]))  # what step() writes before a warm-up or replay
-        step.work() if graphed else step()
-        ids = torch.stack(batches)
-        n_real = 256 if model_rows == 0 else int(256 * 0.05)
-        real_ids, model_ids = (set(part.unique().tolist()) for part in ids.split([n_real, 256 - n_real], dim=1))
-        assert ids.shape == (4, 256) and len({tuple(row.tolist()) for row in ids}) == 4
-        if model_rows == 0:  # 1024 draws: every real row comes up (each misses with probability < 1e-15)
-            assert real_ids == set(range(1, 31)) and not model_ids
-        else:  # 976 model draws cover its 20 rows (each missed w.p. < 1e-21)
-            assert real_ids <= set(range(1, 31)) and model_ids == set(range(1001, 1021))
-
-
-@pytest.fixture
-def cuda_stand_ins(monkeypatch):
-    """torch.cuda's streams and graphs replaced by stand-ins, so that the graphed steps' bookkeeping runs on the CPU: a
-    stand-in capture runs the work once, as capture and first replay do, and a later replay runs it again and writes its
-    result into the captured output in place. Returns the lists of captured steps and of replayed graphs."""
-    captured, replays = [], []
-
-    class Graph:
-        def replay(self):
-            replays.append(self)
-            if getattr(self, "step", None):
-                out, new = self.step.out, self.step.work()
-                for old_value, new_value in zip(out.values(), new.values()) if isinstance(out, dict) else [(out, new)]:
-                    old_value.copy_(new_value)
-            self.step = captured[-1]
-
-    stream = SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "manual_seed", torch.manual_seed)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    graphed_sac = load_graphed_sac()
-    for cls in (graphed_sac.GraphedSACStep, graphed_sac.GraphedMLEStep):
-        monkeypatch.setattr(cls, "work", lambda self, work=cls.work: captured.append(self) or work(self))
-    return graphed_sac, captured, replays
-
-
-def test_graphed_sac_step_warms_up_and_captures_again_only_for_a_new_buffer_tensor(cuda_stand_ins):
-    """The graphed env step's bookkeeping, on the CPU with stand-ins for torch.cuda: 3 eager warm-ups, then one
-    capture, replays while the real buffer grows, and warm-ups and a capture again only after the model pool's tensor
-    is replaced; its results equal the same work run eagerly, bit for bit."""
-    graphed_sac, captured, replays = cuda_stand_ins
-    report = graphed_sac.equivalence_check(device="cpu")  # 10 env steps, the model pool resized at the 6th
-    assert report["captures"] == len(set(replays)) == 2, report
-    assert report["replays"] == len(replays) == 4, report  # env steps 3, 4, 8, 9: a replay each
-    assert report["bitwise"] and report["ok"], report
-
-
-def test_graphed_mle_step_warms_up_captures_once_and_matches_eager(cuda_stand_ins):
-    """The graphed maximum-likelihood step, likewise: 3 warm-ups, one capture, then replays of the minibatches copied
-    into its static index buffer; losses, weights and Adam state equal the same steps run eagerly, bit for bit."""
-    graphed_sac, captured, replays = cuda_stand_ins
-    report = graphed_sac.mle_equivalence_check(device="cpu", n=600)  # 10 steps
-    assert report["captures"] == len(set(replays)) == 1 and report["replays"] == len(replays) == 7, report
-    assert report["bitwise"] and report["ok"], report
-
-
-def test_graphed_sac_env_step_matches_eager():
-    """One env step's sampling and 20 SAC updates replayed as a CUDA graph give the losses, weights and Adam state of
-    the same work run eagerly (same random numbers), while the real buffer grows (no new capture) and once the model
-    pool is resized (one more warm-up and capture); so do the maximum-likelihood minibatch steps replayed as a graph.
-    Prepared without a GPU: its first run is in gpu_session.sh."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
-    graphed_sac = load_graphed_sac()
-    report, mle_report = graphed_sac.equivalence_check(), graphed_sac.mle_equivalence_check()
-    assert report["ok"] and mle_report["ok"], (report, mle_report)
-
-
-def test_graphed_env_steps_run_the_loop_through_pool_resizes_and_a_resume(tmp_path, monkeypatch):
-    """usbpo.main with the graphed env step on a GPU: it captures once after its warm-up, replays while the real buffer
-    grows, captures again when the model pool is resized for a new k or restored from a checkpoint, and the run's figures
-    stay finite. Here k goes 1, 2, 3 at env steps 200, 400, 600: a run to 400, extended to 600, warms up at steps 200-202, 400
-    (the pool resized), 401-403 (restored) and 600 (resized), and replays two graphs, captured at steps 203 and 404."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU: benchmarks/graphed_sac.py captures CUDA graphs (run on a GPU by gpu_session.sh)")
-    graphed_step = load_graphed_sac().GraphedSACStep
-    calls, call = [], graphed_step.__call__
-
-    def counted(step):  # the graph each env step's SAC work replayed (None: run eagerly, a warm-up)
-        losses = call(step)
-        calls.append(step.graph)
-        return losses
-
-    monkeypatch.setattr(graphed_step, "__call__", counted)
-    monkeypatch.setattr(usbpo, "SACStep", graphed_step)  # as benchmarks/speed.py times the graphed loop
-    argv = (
-        "--env-id Hopper-v4 --learning-starts 200 --epoch-length 200 --model-train-freq 100 --rollout-batch-size 200 "
-        "--updates-per-step 2 --eval-episodes 1 --model-max-epochs 2 --finetune-steps 3 --checkpoint-every 1 --no-progress "
-        "--min-pool-size 0 --rollout-schedule 0 2 1 3 --device cuda --total-timesteps 400"
-    ).split()
-    run_dir = usbpo.main(argv + ["--runs-dir", str(tmp_path)])
-    usbpo.main(["--resume", run_dir, "--total-timesteps", "600"])
-    graphs = [g for g in calls if g is not None]
-    assert len(calls) == 401 and len(set(map(id, graphs))) == 2 and len(graphs) == 401 - 8, len(graphs)
-    rows, end = final_state(run_dir)
-    assert [int(r["env_steps"]) for r in rows] == [200, 400, 600] and end["global_step"] == 600
-    assert all(math.isfinite(float(r["eval_return"])) and math.isfinite(float(r["holdout_mse_phase2"])) for r in rows)
-
-
-def test_projection_sums_the_measured_pieces_over_the_paper_budget():
-    """benchmarks/projection.py against the same sums in closed form: Walker2d's 295 blocks of 1000 steps after its 5k
-    random ones, each with 4 trainings of E epochs at the block's middle N (an arithmetic series), k = 1 throughout."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("projection", os.path.join(HERE, "benchmarks", "projection.py"))
-    projection = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(projection)
-    opts = SimpleNamespace(sac_s=100.0, finetune_s=10.0, rest_s=1.0, rollout_s=0.5, steps=None)
-    a, b, epochs, first = 0.2, 5e-5, 12.0, 80.0
-    parts = projection.project("Walker2d", lambda n: a + b * n, first, opts, epochs, finetune=True)
-    blocks = (300_000 - 5_000) // 1000
-    middle_n_sum = blocks * 5_500 + 1000 * blocks * (blocks - 1) / 2  # sum of block + 500 over the blocks
-    expected = dict(sac=blocks * 100.0, finetune=blocks * 10.0, rest=blocks * 1.0, rollouts=blocks * 4 * 0.5,
-                    phase1=first + 4 * epochs * (a * blocks + b * middle_n_sum))  # fmt: skip
-    assert parts == pytest.approx(expected, rel=1e-12)

@@ -131,12 +131,15 @@ def build_parser():
     a("--capture-video", action="store_true", help="videos of evaluation episodes in the run folder (MUJOCO_GL=egl headless)")
     a("--evaluate", metavar="PT", help="run --eval-episodes episodes of the policy in a model.pt or checkpoint.pt, and exit")
     for action in p._actions[1:]:  # --help shows each flag's default or, for a flag with a preset, each environment's
+        if action.default is not None:
+            action.help += " (default: %(default)s)"
+            continue
         by_value = {}
         for family, preset in PRESETS.items():
-            if action.default is None and (value := preset.get(action.dest)) is not None:
-                by_value.setdefault(str(list(value) if isinstance(value, tuple) else value), []).append(family)
-        presets = "; ".join(f"{value} for {', '.join(families)}" for value, families in by_value.items())
-        action.help += f" (preset: {presets})" if by_value else "" if action.default is None else " (default: %(default)s)"
+            if action.dest in preset:
+                by_value.setdefault(str(list(preset[action.dest]) if action.nargs else preset[action.dest]), []).append(family)
+        if by_value:
+            action.help += " (preset: " + "; ".join(f"{value} for {', '.join(fams)}" for value, fams in by_value.items()) + ")"
     return p
 
 
@@ -169,15 +172,18 @@ def env_family(env_id):
 def parse_args(argv=None):
     """The checked flags (a new run's flags left out from its preset, a resumed run's from its checkpoint) and the
     checkpoint (or None). A resumed run may change --total-timesteps (to extend it) and --no-progress only."""
-    args, checkpoint = (parser := build_parser()).parse_args(argv), None
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checkpoint = None
     if args.resume and not args.evaluate:
+        path = os.path.join(args.resume, "checkpoint.pt")
         try:
-            checkpoint = load_safely(path := os.path.join(args.resume, "checkpoint.pt"), "checkpoint")
+            checkpoint = load_safely(path, "checkpoint")
         except FileNotFoundError:
             fail(f"no checkpoint at {path}; pass a run folder written with --checkpoint-every")
         except Exception as e:  # truncated file, or written by other torch / MuJoCo versions (it holds MjData's bytes)
             fail(f"could not read {path} ({type(e).__name__}: {e}): damaged, or written by other torch/MuJoCo versions")
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:  # no release has been made
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             fail(f"{path} was written by an older usbpo.py or another program, which this one cannot continue; start again")
         saved, step = checkpoint["args"], checkpoint["global_step"]
         parser.set_defaults(**saved)  # parse again: a flag left out takes the run's value (a newer flag, its default)
@@ -225,8 +231,8 @@ def parse_args(argv=None):
 
 # ==== 2. Environments and termination functions ===================================================
 def make_env(env_id, seed, video=None, every_episode=False):
-    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed. video: a folder for
-    videos of every episode, or (as CleanRL) of episodes 0, 1, 8, 27, ..., 1000 and every 1000th."""
+    """A Gymnasium MuJoCo env with MBPO's observation and episode statistics, reset with the seed; video: a folder for
+    videos of every episode, or of CleanRL's episodes (0, 1, 8, 27, ..., 1000, then every 1000th)."""
     family = env_family(env_id)
     with warnings.catch_warnings():  # gymnasium warns that -v4 is out of date; it has the paper's -v2 model and rewards
         warnings.simplefilter("ignore")
@@ -248,8 +254,8 @@ def make_env(env_id, seed, video=None, every_episode=False):
 
 
 def get_termination_fn(env_id):
-    """`(obs, act, next_obs) -> bool tensor [batch]`: the env's `terminated` computed on a batch of predictions (MBPO's
-    static_fns). A prediction that is not finite terminates where the env's own checks would end the episode."""
+    """`(obs, act, next_obs) -> bool [batch]`: the env's `terminated` on predictions (MBPO's static_fns); a prediction
+    that is not finite terminates where the env's own checks would end the episode."""
     family = env_family(env_id)
 
     def termination_fn(obs, act, next_obs):
@@ -276,8 +282,7 @@ def get_termination_fn(env_id):
 
 # ==== 3. Replay buffers ===========================================================================
 class ReplayBuffer:
-    """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated]: a whole
-    env step's minibatches are one indexing op, and a resize one copy."""
+    """FIFO of transitions in one tensor on the training device, rows [obs, act, rew, next_obs, terminated]."""
 
     def __init__(self, capacity, obs_dim, act_dim, device):
         self.widths, self.ptr, self.size, self.capacity = (obs_dim, act_dim, 1, obs_dim, 1), 0, 0, 0
@@ -294,8 +299,7 @@ class ReplayBuffer:
         return self.data.roll(-self.ptr, 0) if self.size == self.capacity else self.data[: self.size]
 
     def resize(self, capacity, rows=None, ptr=0):
-        """New capacity, keeping the newest rows in time order (MBPO's pool keeps the same rows in its ring's order, so after
-        a wrap it evicts the newest next), or holding given rows (from a checkpoint), laid out with the next write at ptr."""
+        """New capacity keeping the newest rows in time order (MBPO's pool: the same rows), or given rows with ptr."""
         if rows is None and capacity == self.capacity:
             return
         rows, device = self.rows()[-capacity:] if rows is None else rows, self.data.device
@@ -398,9 +402,8 @@ def train_ensemble(model, optimizer, inputs, targets, args, progress=lambda text
     """Phase 1, as the authors' bnn.py (MBPO's code): the input scaler is fitted on the training split (`union_train`);
     each member trains on its own bootstrap of it, reshuffled every epoch. Every member's best holdout MSE starts at 1e10
     (`_start_train`), so the first epoch is always kept; a member is snapshot when its holdout MSE improves by over 1%, and
-    training stops once more than `model_patience` epochs pass without any improving (`_save_best`). mbrl-lib differs on
-    all three (scaler on all the data, the warm start as first snapshot, `>=`), which keeps the old model where no member
-    gains 1% in 5 epochs (most InvertedDoublePendulum trainings). Returns: holdout rows, per-member MSE, epochs."""
+    training stops once more than `model_patience` epochs pass without any improving (`_save_best`). Returns: holdout
+    rows, per-member MSE, epochs."""
     n_holdout = max(min(int(len(inputs) * args.holdout_ratio), args.max_holdout), 1)  # 1: a tiny --learning-starts
     holdout, train = torch.randperm(len(inputs), device=inputs.device).split([n_holdout, len(inputs) - n_holdout])
     model.fit_normaliser(inputs[train])
@@ -464,19 +467,14 @@ def usb_objective(model, prev_model, x, shift_coef, bias_coef, prev_pred=None):
 
 
 def authors_shift_bias(mean1, std1, mean2, std2, p, q):
-    """The fine-tune's shift and bias as the authors' TensorFlow code computes them (`--finetune-objective authors`),
-    quirks included, from mbpo/models/bnn.py of betray12138/Unified-Model-Shift-and-Model-Bias-Policy-Optimization
-    (union_loss l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), on (mean, std) [E, B, D]:
-      - M1 is their "backoff" network: the weights from before this training, run with the current input normaliser
-        (refitted at l. 462, before the old weights are copied at l. 485) and the current log-variance bounds, which
-        are shared and trainable: the loss's gradient reaches them through M1 too (l. 194, 966, 999).
-      - Row b is scored by one member, p[b] of M1 and q[b] of M2, indices drawn once for the whole run, independently
-        (correc_random_inds, l. 363, 821, 854). shift = EMD(M1[p], M2[q]) / B (l. 1014); bias = sum over members e
-        of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included (l. 866).
-      - EMD is their compute_EMD (l. 799-803) on [..., B, D]: ONE square root of a sum over the whole batch,
-        sqrt( sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 + sd2^2 - 2 sqrt(sd1 sd2^2 sd1)) ), where tf.trace of a [B, D]
-        array sums only its entries (k, k), k < min(B, D): of the variance term, one dimension of each of the first D
-        rows survives. (safe_sqrt differs from tf.sqrt only at exactly 0.)
+    """The fine-tune's shift and bias as the authors' code computes them, quirks included (mbpo/models/bnn.py: union_loss
+    l. 1007-1018, fake_union_step l. 839-867, backoff_union_step l. 805-836), on (mean, std) [E, B, D]:
+      - M1 is the weights from before this training, run with the current input normaliser (refitted at l. 462) and the
+        current, trainable log-variance bounds (l. 194, 966, 999).
+      - Row b is scored by member p[b] of M1 and q[b] of M2, indices drawn once per run (l. 363, 821, 854).
+        shift = EMD(M1[p], M2[q]) / B; bias = sum over members e of EMD(M2[q], M2[e]) / B / (E - 1), self-pairs included.
+      - EMD (compute_EMD, l. 799-803): ONE square root over the whole batch, sqrt(sum_b sum_d (mu1 - mu2)^2 + trace(sd1^2 +
+        sd2^2 - 2 sqrt(sd1 sd2^2 sd1))), where tf.trace of a [B, D] array sums only its entries (k, k), k < min(B, D).
     Means are of [r, s' - s] (theirs add s): the differences, and so the loss, are the same up to rounding."""
 
     def compute_emd(mu1, sd1, mu2, sd2):
@@ -490,12 +488,10 @@ def authors_shift_bias(mean1, std1, mean2, std2, p, q):
 
 
 class SharedMomentsAdam:
-    """The authors' fine-tune optimizer (`--finetune-objective authors`). bnn.py builds its AdamOptimizer inside
-    `tf.variable_scope(self.name, reuse=True)` (finalize, l. 214-227), and TF's slot_creator shares a slot's scope under
-    reuse: its first and second moments ARE phase 1's Adam's, read and written in place; only its step count (its beta
-    powers) is its own, carried across trainings. TF1's Adam update, with g the fine-tune loss's gradient:
-        m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,  lr_t = lr sqrt(1 - b2^t) / (1 - b1^t),  w -= lr_t m / (sqrt(v) + eps)
-    with eps = 1e-8. A step therefore mostly follows phase 1's momentum, and phase 1 continues from the moments it leaves."""
+    """The authors' fine-tune optimizer. bnn.py builds it inside `tf.variable_scope(self.name, reuse=True)` (finalize, l.
+    214-227), where TF shares slots: its moments m, v ARE phase 1's Adam's; only its step count t is its own. TF1's update,
+        m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,  w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + 1e-8),
+    so a step mostly follows phase 1's momentum, and phase 1 continues from the moments it leaves."""
 
     def __init__(self, phase1_optimizer, lr):
         self.phase1, self.lr, self.t = phase1_optimizer, lr, 0
@@ -523,12 +519,10 @@ class SharedMomentsAdam:
 
 
 def usb_finetune(model, prev_model, train_inputs, val_inputs, args, authors=None, progress=lambda text: None):
-    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a fixed real validation set as the
-    authors' `_union_save_best` (bnn.py l. 324-347): a snapshot at each gain over 1e-4 relative, a stop once more than
-    `finetune_patience` steps pass without one. The phase-1 model is the first snapshot, so "keep nothing" is a legitimate
-    outcome. authors: a SharedMomentsAdam, to follow the authors' code instead: their objective, with member indices p
-    (M1), q (M2) drawn once from the run's seed; their optimizer; snapshots of the layers only, so that the log-variance
-    bounds keep their last values (l. 261-276, 330)."""
+    """Phase 2: Adam on Eq. 3 with (s, a) from the model buffer, early-stopped on a real validation set as the authors'
+    `_union_save_best` (bnn.py l. 324-347): a snapshot at each gain over 1e-4, a stop after more than `finetune_patience`
+    steps without one; the phase-1 model is the first snapshot. authors (a SharedMomentsAdam): their code instead, with
+    their objective (p, q drawn once per run) and snapshots of the layers only (l. 261-276, 330)."""
     m1_layers = {k: v.detach() for k, v in prev_model.named_parameters() if k.startswith("layers.")}
     g = torch.Generator().manual_seed(args.seed)  # p, q: the same in every training of the run
     p, q = torch.randint(args.ensemble_size, (2, args.finetune_batch), generator=g).to(train_inputs.device)
@@ -640,9 +634,22 @@ class SAC(nn.Module):
         self.alpha_optim.step()
         with torch.no_grad():
             torch._foreach_lerp_(list(self.qf_target.parameters()), list(self.qf.parameters()), self.tau)
-        (qf1_loss, qf2_loss), (q1, q2) = critic_losses.detach(), q.detach().mean(1)
-        return dict(qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=(qf1_loss + qf2_loss) / 2, alpha=alpha, qf1_values=q1,
-                    qf2_values=q2, actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach())  # fmt: skip
+        qf1_loss, qf2_loss = critic_losses.detach()
+        q1, q2 = q.detach().mean(1)
+        losses = dict(qf1_loss=qf1_loss, qf2_loss=qf2_loss, qf_loss=(qf1_loss + qf2_loss) / 2, qf1_values=q1, qf2_values=q2)
+        return dict(losses, actor_loss=actor_loss.detach(), alpha=alpha, alpha_loss=alpha_loss.detach())
+
+
+def sac_updates(update, real_buffer, model_buffer, args):
+    """One env step's SAC work: updates_per_step updates, each on a batch of int(batch_size * real_ratio) real rows and
+    the rest model rows (all real while the model buffer is empty); returns the last update's losses."""
+    n_real = int(args.batch_size * args.real_ratio) if model_buffer.size else args.batch_size
+    rows = real_buffer.sample(args.updates_per_step, n_real)
+    if n_real < args.batch_size:
+        rows = torch.cat([rows, model_buffer.sample(args.updates_per_step, args.batch_size - n_real)], dim=1)
+    for batch in rows:
+        losses = update(*real_buffer.split(batch))
+    return losses
 
 
 # ==== 7. Model rollouts ===========================================================================
@@ -660,7 +667,8 @@ def model_buffer_capacity(args, k):  # retain_epochs * rollout_batch * (rollouts
 @torch.no_grad()
 def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args, epoch):
     """MBPO's branched rollouts: k steps of the stochastic policy in the model from rollout_batch_size real states."""
-    model_buffer.resize(model_buffer_capacity(args, k := rollout_length(epoch, args.rollout_schedule)))
+    k = rollout_length(epoch, args.rollout_schedule)
+    model_buffer.resize(model_buffer_capacity(args, k))
     obs = real_buffer.split(real_buffer.sample(args.rollout_batch_size))[0]
     for _ in range(k):
         act, _ = actor(obs)
@@ -675,9 +683,8 @@ def model_rollouts(model, actor, termination_fn, real_buffer, model_buffer, args
 
 # ==== 8. CMLO's update trigger (Ji et al., NeurIPS 2022): the seed's fixed-threshold baseline =====
 class CMLOTrigger:
-    """When CMLO retrains the model, from its official code (cat-mbrl-lib/mbrl/algorithms/cmlo.py, l. 216-359).
-    After the first model training, every env step adds the elites' one-step error on the real transition,
-        e = mean over elites of ||s'_hat - s'||_2  (one stochastic sample each, observation only),
+    """When CMLO retrains the model (cat-mbrl-lib/mbrl/algorithms/cmlo.py, l. 216-359). After the first training, every
+    env step adds e = mean over elites of ||s'_hat - s'||_2 (one sample each, observation only) on the real transition
     to S_err, counts n and keeps e_bar = S_err / n. Every C steps, V = the volume of the convex hull of 1000 real
     observations (drawn with replacement) projected on their first 3 principal components; from the second V on,
         S_ev += log(1 + (V / V_prev) * e_bar).
@@ -720,23 +727,7 @@ class CMLOTrigger:
         return self.step(step, error, volume)
 
 
-# ==== 9. The training loop ========================================================================
-class SACStep:  # one env step's SAC work (benchmarks/graphed_sac.py replays it as one CUDA graph: issue 23, on a GPU)
-    def __init__(self, agent, real_buffer, model_buffer, args):
-        self.buffers, self.args = (real_buffer, model_buffer), args
-        self.update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # graphs on CUDA
-
-    def __call__(self):  # updates_per_step updates on batches int(batch_size * real_ratio) real (all while no model data)
-        (real, model), args = self.buffers, self.args
-        n_real = int(args.batch_size * args.real_ratio) if model.size else args.batch_size
-        rows = real.sample(args.updates_per_step, n_real)
-        if n_real < args.batch_size:
-            rows = torch.cat([rows, model.sample(args.updates_per_step, args.batch_size - n_real)], dim=1)
-        for batch in rows:
-            losses = self.update(*real.split(batch))
-        return losses
-
-
+# ==== 9. Evaluation, and the model update =======================================================
 @torch.no_grad()
 def numpy_action(actor, obs, device, deterministic=False):  # the policy at the env boundary: NumPy in, env units out
     action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], deterministic)[0][0]
@@ -792,12 +783,223 @@ def update_model(model, model_optim, real_buffer, model_buffer, args, authors=No
     return stats
 
 
+# ==== 10. Run management: logging, checkpoints ====================================================
+CSV_FIELDS = """env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1
+holdout_nll_phase2 shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs
+model_trainings model_interval cmlo_s_ev cmlo_e_bar sps wall_time""".split()
+CHECKPOINT_FORMAT = 4  # raise it when what a checkpoint holds changes
+LOOP_STATE = ("obs", "model_stats", "episode", "epoch", "epoch_start")  # the loop's own variables in a checkpoint
+
+
+class Run:
+    """A run's folder and reports (config.json, progress.csv, TensorBoard, W&B, console or bar), its checkpoints (every
+    checkpoint_every epochs, at the end, and at the current step on SIGTERM or Ctrl-C; a second one stops at once), and
+    one-line stops on non-finite values or OSErrors (a full disk) that name the last checkpoint."""
+
+    def __init__(self, args, extra_config, checkpoint=None):
+        self.args, self.checkpoint, self.parts, self.signal, self.train_returns = args, checkpoint, {}, None, []
+        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
+        self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.run_dir = args.resume or os.path.join(args.runs_dir, name)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
+        versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gym, mujoco)}}
+        versions["cpu"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels (so the last digits) differ by CPU
+        config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # physics differ across versions
+        if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
+            try:
+                import wandb
+            except ImportError:
+                fail("--track sends the run to Weights & Biases, which is not installed: pip install wandb")
+            self.wandb = wandb
+            name = os.path.basename(os.path.normpath(self.run_dir))
+            run = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name.replace(".", "_"))
+            wandb.init(**run, resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)
+        self.writer, self.csv_path, rows = SummaryWriter(self.run_dir), os.path.join(self.run_dir, "progress.csv"), []
+        self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
+        self.resume_command = f"{sys.executable} {__file__} --resume {self.run_dir}"
+        every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
+        print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
+        print(f"to continue from the last: {self.resume_command})")
+        with open(os.path.join(self.run_dir, "config.json"), "w") as f:  # again on resume: the budget may have grown
+            json.dump(config, f, indent=2)
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        if args.resume:  # drop the epochs logged after the checkpoint: they are about to be run again
+            with open(self.csv_path, "a+", newline="") as f:  # a+: none if lost (a folder holding only checkpoint.pt)
+                f.seek(0)
+                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < self.start_step]
+            print(f"resumed from {self.run_dir} at step {self.step}")
+        with open(self.csv_path, "w", newline="") as f:
+            out = csv.DictWriter(f, CSV_FIELDS)
+            out.writeheader()
+            out.writerows(rows)
+        no_bar = args.no_progress or not sys.stderr.isatty()
+        self.bar = tqdm(
+            total=args.total_timesteps,
+            initial=self.start_step - 1,
+            unit="step",
+            smoothing=0,
+            disable=no_bar,
+            dynamic_ncols=True,
+        )
+        if self.start_step <= args.learning_starts:
+            self.bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, random actions: no ETA yet{postfix}]"
+        self.last_print = self.start_time = self.epoch_start = time.time()
+
+    def state_dict(self):  # wall_time counts the run's own time, across resumes
+        trainings = (self.trainings, self.last_training, self.interval)
+        times = dict(wall_time=time.time() - self.start_time, epoch_seconds=time.time() - self.epoch_start)
+        return dict(times, train_returns=self.train_returns, trainings=trainings)
+
+    def load_state_dict(self, state):
+        self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
+        self.start_time, self.epoch_start = time.time() - state["wall_time"], time.time() - state["epoch_seconds"]
+
+    def phase(self, text):  # a model phase in progress: on the bar, or (without one) a console line at most every 30 s
+        if not self.bar.disable:
+            self.bar.set_postfix_str(f"model {text}")
+        elif time.time() - self.last_print > 30:
+            print(f"  ... model {text}", flush=True)
+            self.last_print = time.time()
+
+    def scalars(self, step, group, values):
+        for key, value in values.items():
+            self.writer.add_scalar(f"{group}/{key}", float(value), step)
+
+    def episode(self, step, stats):
+        self.train_returns.append(float(stats["r"]))
+        self.scalars(step, "charts", dict(episodic_return=stats["r"], episodic_length=stats["l"]))
+
+    def trained(self, step, stats):  # a model training: counted in its epoch, and the env steps since the previous one
+        self.interval = step - self.last_training if self.last_training is not None else math.nan
+        self.trainings, self.last_training = self.trainings + 1, step
+        self.scalars(step, "model", {**stats, "interval": self.interval})
+
+    def epoch(self, step, evaluate, model_stats):  # evaluate (not counted in SPS), write the epoch's row and console line
+        now, train_return = time.time(), float(np.mean(self.train_returns)) if self.train_returns else np.nan
+        sps, eval_return = self.args.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
+        row = dict(model_stats, env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return)
+        row.update(train_return=train_return, sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings)
+        row["model_interval"] = self.interval
+        self.train_returns, self.trainings, self.epoch_start = [], 0, time.time()
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS, restval=float("nan"), extrasaction="ignore").writerow(row)
+        self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
+        k, ft = model_stats.get("rollout_length", "-"), model_stats.get("finetune_steps_kept", "-")  # of the last training
+        line = f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  k {k}  ft {ft}  "
+        line += f"mse {model_stats.get('holdout_mse_phase2', math.nan):.4f}"
+        self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+        self.last_print = time.time()
+
+    def end_of_step(self, step, loop_state):  # a checkpoint when one is due or a signal asked to stop; then stop
+        self.bar.update(1)
+        if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
+            self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
+        every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
+        if every and (self.signal or step == self.args.total_timesteps or into_epoch == 0 and epoch % every == 0):
+            path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
+            loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, **loop_state)
+            try:
+                torch.save({**state, **loop}, path + ".tmp")
+            except RuntimeError as e:  # how torch reports a failed write
+                raise OSError(f"could not write {path}.tmp ({str(e).splitlines()[0]}); is the disk full?") from None
+            os.replace(path + ".tmp", path)
+            self.saved_step = step
+        if self.signal:
+            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint()}")
+
+    def last_checkpoint(self):  # for the messages that stop the run
+        if self.saved_step is None:
+            return "no checkpoint was written, so the run cannot be continued"
+        return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
+
+    def __enter__(self):  # restore the checkpoint's parts, if any (on envs reset once), and catch the stop signals
+        for name, (_, restore) in self.parts.items() if self.checkpoint else ():
+            restore(self.checkpoint.pop(name))  # popped: the run does not keep a second copy of its buffers
+        on_main = threading.current_thread() is threading.main_thread()  # Python delivers signals to the main thread only
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM) if on_main}
+        return self
+
+    def request(self, signum, frame):  # the loop reads self.signal at the end of each env step
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            raise SystemExit(f"usbpo: stopped at once by a second {name}; {self.last_checkpoint()}")
+        self.signal = name
+        print(
+            f"usbpo: {name}: stopping with a checkpoint after the current env step; a second {name} stops at once", flush=True
+        )
+
+    def __exit__(self, kind, error, traceback):
+        self.bar.close()
+        self.writer.close()
+        if self.wandb:
+            self.wandb.finish()
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        if kind is FloatingPointError or kind and issubclass(kind, OSError):  # OSError: a full disk, a quota, a folder removed
+            what = f"non-finite values in the {error}" if kind is FloatingPointError else error
+            raise SystemExit(f"usbpo: error: {what} at step {self.step}; {self.last_checkpoint()}")
+
+
+def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
+    """What a checkpoint holds besides the loop's own variables, as {name: (save, restore)}, in tensors and plain values.
+    Last, what the episode in progress needs: MuJoCo's whole MjData (Ant's and Humanoid's next reward reads its derived
+    positions), the time limit's counter, the episode statistics and the random generators (Python, NumPy, torch, envs)."""
+    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
+    stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
+    stateful.update({"finetune_optim": authors} if authors else {})  # the authors' Adam lives across trainings
+    parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
+    parts.update({"cmlo": (lambda: dict(vars(cmlo)), vars(cmlo).update)} if cmlo else {})  # its state: its attributes
+    # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
+    parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
+    cuda = agent.log_alpha.device if agent.log_alpha.is_cuda else None  # its GPU only: a requeued job may have fewer
+
+    def generators():  # read each time: a reset with a seed replaces an env's generator
+        return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
+
+    def save():
+        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda is not None else None]
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_rng = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+        state = dict(mjdata=env.unwrapped.data.__getstate__(), elapsed_steps=env.get_wrapper_attr("_elapsed_steps"))
+        state["episode_stats"] = (float(env.episode_returns), int(env.episode_lengths))
+        state["rngs"] = [random.getstate(), numpy_rng, *torch_rngs]
+        state["generators"] = [g.bit_generator.state for g in generators()]
+        return state
+
+    def restore(state):  # on envs that have been reset once
+        mjdata = mujoco.MjData.__new__(mujoco.MjData)
+        mjdata.__setstate__(state["mjdata"])  # MuJoCo's own reader of its bytes, not pickle
+        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, mjdata)
+        env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+        env.episode_returns, env.episode_lengths = state["episode_stats"]
+        python, (name, keys, position, has_gauss, gauss), torch_cpu, cuda_rng = state["rngs"]
+        random.setstate(python)
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(torch_cpu)
+        if cuda_rng is not None and cuda is not None:
+            torch.cuda.set_rng_state(cuda_rng, cuda)
+        for generator, generator_state in zip(generators(), state["generators"]):
+            generator.bit_generator.state = generator_state
+
+    return {**parts, "env_and_rng": (save, restore)}
+
+
+# ==== 11. The training loop ========================================================================
 def main(argv=None):
     """MBPO's loop with USB-PO's model update, in the steps marked below; returns the run folder."""
     args, checkpoint = parse_args(argv)
     if args.evaluate:
         return evaluate_saved(args.evaluate, args.eval_episodes, args.capture_video)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # 1 by default: a run never collapses on a shared machine, nor depends on its cores
     torch.backends.cudnn.deterministic, device = args.torch_deterministic, torch.device(args.device)
     env, termination_fn = make_env(args.env_id, args.seed), get_termination_fn(args.env_id)
@@ -810,7 +1012,7 @@ def main(argv=None):
     cmlo = CMLOTrigger(args.cmlo_threshold, args.cmlo_check_every) if args.cmlo else None
     real_buffer, k0 = ReplayBuffer(args.total_timesteps, obs_dim, act_dim, device), rollout_length(0, args.rollout_schedule)
     model_buffer = ReplayBuffer(model_buffer_capacity(args, k0), obs_dim, act_dim, device)
-    sac_step = SACStep(agent, real_buffer, model_buffer, args)
+    sac_update = torch.compile(agent.update, mode="reduce-overhead") if args.compile else agent.update  # CUDA graphs on a GPU
     run = Run(args, dict(device=str(device), obs_dim=obs_dim, act_dim=act_dim), checkpoint)
     eval_env = make_env(args.env_id, args.seed + 10_000, f"{run.run_dir}/videos" if args.capture_video else None)
     run.parts = checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run)
@@ -874,7 +1076,7 @@ def main(argv=None):
             # --- SAC on mixed real and model data, once the real buffer holds min_pool_size transitions
             sac_due = not random_phase and args.updates_per_step > 0 and real_buffer.size >= args.min_pool_size
             if sac_due:
-                losses = sac_step()
+                losses = sac_updates(sac_update, real_buffer, model_buffer, args)
                 check_finite(torch.stack(list(losses.values())), "SAC update")
                 if global_step % 100 == 0:  # CleanRL's logging interval
                     run.scalars(global_step, "losses", losses)
@@ -889,198 +1091,9 @@ def main(argv=None):
         nets = {"actor": agent.actor, "qf": agent.qf, "qf_target": agent.qf_target, "ensemble": model}
         torch.save({**{name: net.state_dict() for name, net in nets.items()}, "args": vars(args)}, f"{run.run_dir}/model.pt")
         print(f"saved the policy, critics and ensemble to {run.run_dir}/model.pt; evaluate it with --evaluate")
-    env.close(), eval_env.close()
+    env.close()
+    eval_env.close()
     return run.run_dir
-
-
-# ==== 10. Run management: logging, checkpoints ====================================================
-CSV_FIELDS = """env_steps epoch eval_return train_return holdout_mse_phase1 holdout_mse_phase2 holdout_nll_phase1
-holdout_nll_phase2 shift_before shift_after bias_before bias_after finetune_steps_kept rollout_length model_epochs
-model_trainings model_interval cmlo_s_ev cmlo_e_bar sps wall_time""".split()
-CHECKPOINT_FORMAT = 4  # raise it when what a checkpoint holds changes
-LOOP_STATE = ("obs", "model_stats", "episode", "epoch", "epoch_start")  # the loop's own variables in a checkpoint
-
-
-class Run:
-    """A run's folder and reports (config.json, progress.csv, TensorBoard, W&B with --track, console or progress bar), and
-    stopping it without losing it: an atomic checkpoint every checkpoint_every-th epoch, at the run's end (to extend it),
-    and at the current env step on SIGTERM (preemption) or SIGINT (Ctrl-C; a second one stops at once). `with run:`
-    restores a checkpoint; non-finite values and OSErrors (a full disk) stop it in one line naming the last checkpoint."""
-
-    def __init__(self, args, extra_config, checkpoint=None):
-        self.args, self.checkpoint, self.parts, self.signal, self.train_returns = args, checkpoint, {}, None, []
-        self.step = self.saved_step = checkpoint["global_step"] if checkpoint else None
-        self.start_step, name = (self.step or 0) + 1, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        self.run_dir = args.resume or os.path.join(args.runs_dir, name)
-        try:
-            os.makedirs(self.run_dir, exist_ok=True)
-        except OSError as e:
-            fail(f"cannot create the run folder {self.run_dir} ({e.strerror}); pass --runs-dir a writable folder")
-        versions = {"python": sys.version.split()[0], **{m.__name__: m.__version__ for m in (torch, np, gym, mujoco)}}
-        versions["cpu"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels (so the last digits) differ by CPU
-        config, self.wandb = {**vars(args), **extra_config, "versions": versions}, None  # physics differ across versions
-        if args.track:  # as CleanRL: W&B mirrors the TensorBoard logs; a resumed run continues the same W&B run
-            try:
-                import wandb
-            except ImportError:
-                fail("--track sends the run to Weights & Biases, which is not installed: pip install wandb")
-            name, self.wandb = os.path.basename(os.path.normpath(self.run_dir)), wandb
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name.replace(".", "_"),
-                       resume="allow", dir=self.run_dir, config=config, sync_tensorboard=True, save_code=True)  # fmt: skip
-        self.writer, self.csv_path, rows = SummaryWriter(self.run_dir), os.path.join(self.run_dir, "progress.csv"), []
-        self.trainings, self.last_training, self.interval = 0, None, math.nan  # model trainings: in the epoch, between
-        self.resume_command = f"{sys.executable} {__file__} --resume {self.run_dir}"
-        every = f"every {args.checkpoint_every} epochs and at the end" if args.checkpoint_every else "none"
-        print(f"usbpo config: {json.dumps(config)}\nrun folder: {self.run_dir}  (checkpoints: {every}; ", end="")
-        print(f"to continue from the last: {self.resume_command})")
-        with open(os.path.join(self.run_dir, "config.json"), "w") as f:  # again on resume: the budget may have grown
-            json.dump(config, f, indent=2)
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
-        if args.resume:  # drop the epochs logged after the checkpoint: they are about to be run again
-            with open(self.csv_path, "a+", newline="") as f:  # a+: none if lost (a folder holding only checkpoint.pt)
-                f.seek(0)
-                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) < self.start_step]
-            print(f"resumed from {self.run_dir} at step {self.step}")
-        with open(self.csv_path, "w", newline="") as f:
-            (out := csv.DictWriter(f, CSV_FIELDS)).writeheader()
-            out.writerows(rows)
-        no_eta = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, random actions: no ETA yet{postfix}]"
-        self.bar = tqdm(total=args.total_timesteps, initial=self.start_step - 1, unit="step", dynamic_ncols=True, smoothing=0,
-                        disable=args.no_progress or not sys.stderr.isatty(),
-                        bar_format=no_eta if self.start_step <= args.learning_starts else None)  # fmt: skip
-        self.last_print = self.start_time = self.epoch_start = time.time()
-
-    def state_dict(self):  # wall_time counts the run's own time, across resumes
-        now, trainings = time.time(), (self.trainings, self.last_training, self.interval)
-        return dict(train_returns=self.train_returns, wall_time=now - self.start_time, epoch_seconds=now - self.epoch_start,
-                    trainings=trainings)  # fmt: skip
-
-    def load_state_dict(self, state):
-        self.train_returns, self.trainings, self.last_training, self.interval = state["train_returns"], *state["trainings"]
-        self.start_time, self.epoch_start = time.time() - state["wall_time"], time.time() - state["epoch_seconds"]
-
-    def phase(self, text):  # a model phase in progress: on the bar, or (without one) a console line at most every 30 s
-        if not self.bar.disable:
-            self.bar.set_postfix_str(f"model {text}")
-        elif time.time() - self.last_print > 30:
-            print(f"  ... model {text}", flush=True)
-            self.last_print = time.time()
-
-    def scalars(self, step, group, values):
-        for key, value in values.items():
-            self.writer.add_scalar(f"{group}/{key}", float(value), step)
-
-    def episode(self, step, stats):
-        self.train_returns.append(float(stats["r"]))
-        self.scalars(step, "charts", dict(episodic_return=stats["r"], episodic_length=stats["l"]))
-
-    def trained(self, step, stats):  # a model training: counted in its epoch, and the env steps since the previous one
-        self.interval = step - self.last_training if self.last_training is not None else math.nan
-        self.trainings, self.last_training = self.trainings + 1, step
-        self.scalars(step, "model", {**stats, "interval": self.interval})
-
-    def epoch(self, step, evaluate, model_stats):  # evaluate (not counted in SPS), write the epoch's row and console line
-        now, train_return = time.time(), float(np.mean(self.train_returns)) if self.train_returns else np.nan
-        sps, eval_return = self.args.epoch_length / (now - self.epoch_start), float(np.mean(evaluate()))
-        row = dict(model_stats, env_steps=step, epoch=step // self.args.epoch_length, eval_return=eval_return)
-        row.update(train_return=train_return, sps=sps, wall_time=now - self.start_time, model_trainings=self.trainings)
-        row["model_interval"] = self.interval
-        self.train_returns, self.trainings, self.epoch_start = [], 0, time.time()
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS, restval=float("nan"), extrasaction="ignore").writerow(row)
-        self.scalars(step, "charts", dict(eval_return=eval_return, SPS=sps))
-        k, ft = model_stats.get("rollout_length", "-"), model_stats.get("finetune_steps_kept", "-")  # of the last training
-        line = f"step {step:>7d}  eval {eval_return:8.1f}  train {train_return:8.1f}  sps {sps:6.1f}  k {k}  ft {ft}  "
-        line += f"mse {model_stats.get('holdout_mse_phase2', math.nan):.4f}"
-        self.bar.set_postfix(sps=f"{sps:.1f}", eval=f"{eval_return:.0f}")
-        self.bar.write(line) if not self.bar.disable else print(line, flush=True)
-        self.last_print = time.time()
-
-    def end_of_step(self, step, loop_state):  # a checkpoint when one is due or a signal asked to stop; then stop
-        self.bar.update(1)
-        if step == self.args.learning_starts:  # the ETA from here on: the model-based steps, not the fast random ones
-            self.bar.bar_format, self.bar.initial, self.bar.start_t = None, self.bar.n, time.time()
-        every, (epoch, into_epoch) = self.args.checkpoint_every, divmod(step, self.args.epoch_length)
-        if every and (self.signal or step == self.args.total_timesteps or into_epoch == 0 and epoch % every == 0):
-            path, state = os.path.join(self.run_dir, "checkpoint.pt"), {name: save() for name, (save, _) in self.parts.items()}
-            loop = dict(format=CHECKPOINT_FORMAT, args=vars(self.args), global_step=step, **loop_state)
-            try:
-                torch.save({**state, **loop}, path + ".tmp")
-            except RuntimeError as e:  # how torch reports a failed write
-                raise OSError(f"could not write {path}.tmp ({str(e).splitlines()[0]}); is the disk full?") from None
-            os.replace(path + ".tmp", path)
-            self.saved_step = step
-        if self.signal:
-            raise SystemExit(f"usbpo: stopped by {self.signal} at step {step}; {self.last_checkpoint()}")
-
-    def last_checkpoint(self):  # for the messages that stop the run
-        if self.saved_step is None:
-            return "no checkpoint was written, so the run cannot be continued"
-        return f"continue from the checkpoint of step {self.saved_step} with: {self.resume_command}"
-
-    def __enter__(self):  # restore the checkpoint's parts, if any (on envs reset once), and catch the stop signals
-        for name, (_, restore) in self.parts.items() if self.checkpoint else ():
-            restore(self.checkpoint.pop(name))  # popped: the run does not keep a second copy of its buffers
-        on_main = threading.current_thread() is threading.main_thread()  # Python delivers signals to the main thread only
-        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM) if on_main}
-        return self
-
-    def request(self, signum, frame):
-        if self.signal is not None:
-            raise SystemExit(f"usbpo: stopped at once by a second {signal.Signals(signum).name}; {self.last_checkpoint()}")
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, kind, error, traceback):
-        self.bar.close(), self.writer.close(), self.wandb and self.wandb.finish()
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        if kind is FloatingPointError or kind and issubclass(kind, OSError):  # OSError: a full disk, a quota, a folder removed
-            what = f"non-finite values in the {error}" if kind is FloatingPointError else error
-            raise SystemExit(f"usbpo: error: {what} at step {self.step}; {self.last_checkpoint()}")
-
-
-def checkpoint_parts(agent, model, model_optim, authors, cmlo, real_buffer, model_buffer, env, eval_env, run):
-    """What a checkpoint holds besides the loop's counters, as {name: (save, restore)}, in tensors and plain values only
-    (load_safely). Last, what continuing the episode in progress needs: MuJoCo's whole MjData as MuJoCo serialises it (with
-    the derived positions, which Ant's and Humanoid's next reward reads one substep stale), the time limit's counter, the
-    episode statistics and the random generators (Python, NumPy, torch, envs)."""
-    stateful = dict(agent=agent, model=model, model_optim=model_optim, real_buffer=real_buffer, model_buffer=model_buffer)
-    stateful.update(log=run, actor_optim=agent.actor_optim, qf_optim=agent.qf_optim, alpha_optim=agent.alpha_optim)
-    stateful.update({"finetune_optim": authors} if authors else {})  # the authors' Adam lives across trainings
-    parts = {name: (obj.state_dict, obj.load_state_dict) for name, obj in stateful.items()}
-    parts.update({"cmlo": (lambda: dict(vars(cmlo)), vars(cmlo).update)} if cmlo else {})  # its state: its attributes
-    # the real buffer keeps the size of this run's budget: --total-timesteps may have extended the run
-    parts["real_buffer"] = (real_buffer.state_dict, lambda state: real_buffer.load_state_dict(state, real_buffer.capacity))
-    cuda = agent.log_alpha.device if agent.log_alpha.is_cuda else None  # its GPU only: a requeued job may have fewer
-
-    def generators():  # read each time: a reset with a seed replaces an env's generator
-        return [env.action_space.np_random, env.unwrapped.np_random, eval_env.unwrapped.np_random]
-
-    def save():
-        torch_rngs = [torch.get_rng_state(), torch.cuda.get_rng_state(cuda) if cuda is not None else None]
-        name, keys, position, has_gauss, gauss = np.random.get_state()
-        numpy_rng = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
-        return dict(mjdata=env.unwrapped.data.__getstate__(), elapsed_steps=env.get_wrapper_attr("_elapsed_steps"),
-                    episode_stats=(float(env.episode_returns), int(env.episode_lengths)),
-                    rngs=[random.getstate(), numpy_rng, *torch_rngs],
-                    generators=[g.bit_generator.state for g in generators()])  # fmt: skip
-
-    def restore(state):  # on envs that have been reset once
-        mjdata = mujoco.MjData.__new__(mujoco.MjData)
-        mjdata.__setstate__(state["mjdata"])  # MuJoCo's own reader of its bytes, not pickle
-        mujoco.mj_copyData(env.unwrapped.data, env.unwrapped.model, mjdata)
-        env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
-        env.episode_returns, env.episode_lengths = state["episode_stats"]
-        python, (name, keys, position, has_gauss, gauss), torch_cpu, cuda_rng = state["rngs"]
-        random.setstate(python)
-        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-        torch.set_rng_state(torch_cpu)
-        if cuda_rng is not None and cuda is not None:
-            torch.cuda.set_rng_state(cuda_rng, cuda)
-        for generator, generator_state in zip(generators(), state["generators"]):
-            generator.bit_generator.state = generator_state
-
-    return {**parts, "env_and_rng": (save, restore)}
 
 
 if __name__ == "__main__":

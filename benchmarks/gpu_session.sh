@@ -16,8 +16,8 @@
 #      are left
 #   d  python benchmarks/mle_cost.py: one maximum-likelihood training at 5k, 25k, 50k, 125k transitions on CUDA, each
 #      ended after the epoch that passes 20 s (about 1.5 minutes)
-#   c  with the time left: python -m pytest -q test_usbpo.py -k graphed: the equivalences as a test, and usbpo.main
-#      with graphed env steps through two pool resizes and a resume (about 1.5 minutes)
+#   c  with the time left: python -m pytest -q benchmarks/test_benchmarks.py -k graphed: the equivalences as a test, and
+#      usbpo.main with graphed env steps through two pool resizes and a resume (about 1.5 minutes)
 # Everything goes under $OUT (the device tool brings that folder back): one log per step, the JSON of b and d, and
 # summary.txt (one line per step: exit status, seconds). Exit status 124 is a step stopped by its timeout.
 set -u
@@ -81,6 +81,6 @@ if wants d; then
   run d_mle_cost 150 "$PY" benchmarks/mle_cost.py --device cuda --budget-s 20 --json "$OUT/mle_cost.json"
 fi
 if wants c; then
-  run c_pytest_graphed 150 "$PY" -m pytest -q test_usbpo.py -k graphed -rs -p no:cacheprovider
+  run c_pytest_graphed 150 "$PY" -m pytest -q benchmarks/test_benchmarks.py -k graphed -rs -p no:cacheprovider
 fi
 echo "usbpo gpu_session: done in $((SECONDS - START)) s" | tee -a "$OUT/summary.txt"

@@ -4,19 +4,17 @@ PREPARED WITHOUT A GPU: none of this file's CUDA code has been run yet, and no f
 First run: `python benchmarks/graphed_sac.py` on a CUDA machine (or `bash benchmarks/gpu_session.sh`, which runs it
 first); on a machine without CUDA it prints one line saying so and exits 0.
 
-`GraphedSACStep` is a subclass of `usbpo.SACStep`, the loop's env step of SAC work (usbpo.main calls `sac_step()` once
-per env step), so that a GPU window checks the very code to move into usbpo.py and can time the whole loop with it:
-`benchmarks/speed.py` on CUDA runs usbpo.main with `usbpo.SACStep` replaced by this class, in the same run as the eager
-loop. Until it has been checked on a GPU, usbpo.py does not use it, and its CPU path and seeded CSVs are unchanged.
-Moving it there (for `--compile` on CUDA, or the CUDA default once measured) is its three methods in SACStep, about 40
-lines, to be saved elsewhere: usbpo.py is at its 1,000-line limit.
+`GraphedSACStep` does what `usbpo.sac_updates`, the loop's env step of SAC work (usbpo.main calls it once per env
+step), does, and `graphed_sac_updates()` stands in for that function, so that a GPU window can time the whole loop with
+it: `benchmarks/speed.py` on CUDA runs usbpo.main with `usbpo.sac_updates` replaced, in the same run as the eager loop.
+Until it has been checked on a GPU, usbpo.py does not use it, and its CPU path and seeded CSVs are unchanged.
 
 On a GPU the loop is bound by the 20 SAC updates of each env step, about a hundred small kernels each, every one shorter
 than its launch (benchmarks/README.md). The class replays all of one env step's SAC work as one CUDA graph, with no
 host sync:
 
   * the minibatches of all `updates_per_step` updates, `real_ratio` of each from the real buffer and the rest from the
-    model buffer, by SACStep's rule but with the buffers' sizes read on the device (row = randint(2**62) mod size,
+    model buffer, by usbpo.sac_updates' rule but with the buffers' sizes read on the device (row = randint(2**62) mod size,
     uniform up to a bias of size / 2**62; (rand * size).long() would favour some rows of a 6M-row pool 1.5x, as float32
     rand has 2**24 values), so that a buffer that grows needs no new capture;
   * the `updates_per_step` calls of `usbpo.SAC.update` itself (critics, actor, temperature, Polyak target update),
@@ -35,10 +33,10 @@ switched off (the same work, eagerly), with the real buffer growing every env st
 which must cause exactly one more warm-up and capture. Bitwise equality is expected but not guaranteed (cuBLAS may
 pick other algorithms in a captured stream, and Adam turns a rounding-level difference in a near-zero gradient into
 up to about 2 lr in a weight), so the tolerances are 1e-5 relative (1e-6 absolute) on the losses and 1e-4 absolute on
-weights and Adam state; it says whether the two were bitwise equal. It is not equivalence with `usbpo.SACStep`, whose
+weights and Adam state; it says whether the two were bitwise equal. It is not equivalence with `usbpo.sac_updates`, whose
 torch.randint(size) draws other random numbers from the same distribution.
 
-`timing` measures ms per env step of the eager usbpo path (`usbpo.SACStep`: sampling + 20 x `SAC.update`, as usbpo.main
+`timing` measures ms per env step of the eager usbpo path (`usbpo.sac_updates`: sampling + 20 x `SAC.update`, as main
 runs them) and of the graphed step, synchronised around every env step, at the Hopper preset (obs 11, act 3, 20 updates
 of batch 256, real_ratio 0.05) with 5k-6k real rows growing by one per env step and the epoch-1 model pool (400,000
 rows); `loop_estimate` runs real Hopper steps (acting, env step, storing, graphed SAC, the finiteness check): the loop
@@ -48,6 +46,7 @@ without model training, rollouts, evaluation and logging. The issue's targets: a
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -98,19 +97,19 @@ class Replayed:
         return self.out
 
 
-# ---- the graphed env step: usbpo.SACStep, replayed as one CUDA graph -----------------------------------------------------
-class GraphedSACStep(usbpo.SACStep, Replayed):
+# ---- the graphed env step: usbpo.sac_updates, replayed as one CUDA graph -------------------------------------------------
+class GraphedSACStep(Replayed):
     """One env step's SAC work (the minibatches of all its updates, then the updates) as one CUDA graph: on a GPU an
     update is about a hundred small kernels, each shorter than its launch. The buffer sizes are read on the device, so a
     growing buffer needs no new capture; a new buffer tensor (the model pool resized for a new k, or restored) does. The
     update itself is usbpo's, uncompiled."""
 
     def __init__(self, agent, real_buffer, model_buffer, args):
-        super().__init__(agent, real_buffer, model_buffer, argparse.Namespace(**{**vars(args), "compile": False}))
+        self.buffers, self.args, self.update = (real_buffer, model_buffer), args, agent.update
         self.optims, self.layout = (agent.actor_optim, agent.qf_optim, agent.alpha_optim), None
         self.sizes = torch.zeros(2, dtype=torch.int64, device=real_buffer.data.device)
 
-    def work(self):  # SACStep's rule with the sizes on the device (row = randint(2^62) mod size), then the updates
+    def work(self):  # usbpo.sac_updates' rule with the sizes on the device (row = randint(2^62) mod size), then the updates
         shape, n_real = (self.args.updates_per_step, self.args.batch_size), int(self.args.batch_size * self.args.real_ratio)
         real, model = (
             b.data[torch.randint(2**62, shape, device=n.device) % n.clamp_min(1)] for b, n in zip(self.buffers, self.sizes)
@@ -126,6 +125,20 @@ class GraphedSACStep(usbpo.SACStep, Replayed):
         if (layout := [buffer.data.data_ptr() for buffer in self.buffers]) != self.layout:  # a new tensor: capture again
             self.graph, self.layout, self.warm = None, layout, 0
         return self.replay()
+
+
+def graphed_sac_updates():
+    """A stand-in for usbpo.sac_updates(update, real_buffer, model_buffer, args): the same work through one GraphedSACStep
+    per agent (the agent whose uncompiled update is passed)."""
+    steps = {}
+
+    def sac_updates(update, real_buffer, model_buffer, args):
+        agent = update.__self__
+        if agent not in steps:
+            steps[agent] = GraphedSACStep(agent, real_buffer, model_buffer, args)
+        return steps[agent]()
+
+    return sac_updates
 
 
 # ---- the graphed maximum-likelihood step: one minibatch of usbpo.train_ensemble ------------------------------------------
@@ -284,7 +297,7 @@ def timing(n_steps=200, warmup=20, seed=0, device="cuda"):
     args, agent, real, model, gen = hopper_setup(device, seed=seed)
     graphed_agent = copy.deepcopy(agent)
 
-    eager_step = usbpo.SACStep(agent, real, model, args)  # as usbpo.main without --compile
+    eager_step = functools.partial(usbpo.sac_updates, agent.update, real, model, args)  # as usbpo.main without --compile
 
     rows_before = real.size
     out = dict(eager=summary(time_steps(eager_step, real, gen, n_steps, warmup)), model_rows=model.size)
@@ -459,7 +472,7 @@ def main():
         e = tm["eager"]
         print(
             f"ms per env step ({e['n']} steps; real rows {tm['real_rows'][0]} -> {tm['real_rows'][1]}, model pool "
-            f"{tm['model_rows']}): eager usbpo (SACStep: sampling + 20 x SAC.update) median {e['median_ms']:.2f} "
+            f"{tm['model_rows']}): eager usbpo (sac_updates: sampling + 20 x SAC.update) median {e['median_ms']:.2f} "
             f"(mean {e['mean_ms']:.2f}, p90 {e['p90_ms']:.2f})",
             flush=True,
         )

@@ -7,19 +7,20 @@ Python, e.g. /tmp/venv-mbrl/bin/python) in the same run, and the ratio is printe
 
 Figures:
   sac_update         one SAC update, batch 256 (twin critics, actor, temperature, target)
-  sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers (usbpo.SACStep, eager)
+  sac_env_step       the 20 updates of one env step, minibatches sampled from the buffers (usbpo.sac_updates, eager)
   model_epoch_N      one maximum-likelihood epoch of the 7-member ensemble on N transitions
   finetune_step      one USB fine-tune step (batch 1024) with its validation pass
   rollout_step_100k  one model step of 100,000 rollouts (real start states, policy, one elite per sample, termination)
   loop_<env>         seconds per 1000 env steps of usbpo.main, the first 1000 steps after learning starts
   loop_<env>_50k     the same with 50,000 real transitions in the buffer
   loop_<env>_graphed  the same loop, in the same run, with each env step's SAC work replayed as one CUDA graph
-                     (usbpo.SACStep replaced by graphed_sac.GraphedSACStep; on CUDA only, issue 23)
+                     (usbpo.sac_updates replaced by graphed_sac.graphed_sac_updates(); on CUDA only)
 """
 
 import argparse
 import contextlib
 import csv
+import functools
 import glob
 import json
 import os
@@ -78,7 +79,8 @@ def components(quick):
     batch = real.split(torch.randn(256, width, device=DEVICE))
     out = {"sac_update": timeit(lambda: agent.update(*batch), 30 if quick else 200)}
 
-    out["sac_env_step"] = timeit(usbpo.SACStep(agent, real, model_buffer, args), 5 if quick else 20)  # as main, eager
+    sac_env_step = functools.partial(usbpo.sac_updates, agent.update, real, model_buffer, args)  # as main, eager
+    out["sac_env_step"] = timeit(sac_env_step, 5 if quick else 20)
 
     model = usbpo.GaussianEnsemble(obs_dim, act_dim).to(DEVICE)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -122,7 +124,7 @@ class PhaseTimer:
     """
 
     PHASES = {"train_ensemble": "model_phase1", "usb_finetune": "model_phase2_finetune", "model_rollouts": "model_rollouts"}
-    # sac_updates: the env step's SAC work (usbpo.SACStep), its minibatch sampling included; graphed: one replay
+    # sac_updates: the env step's SAC work (usbpo.sac_updates), its minibatch sampling included; graphed: one replay
 
     def __init__(self):
         self.start, self.spent, self.saved = None, dict.fromkeys([*self.PHASES.values(), "sac_updates"], 0.0), {}
@@ -148,7 +150,7 @@ class PhaseTimer:
         for name, phase in self.PHASES.items():
             self.wrap(usbpo, name, phase)
         self.wrap(usbpo, "model_rollouts", "first_model_training")
-        self.wrap(usbpo.SACStep, "__call__", "sac_updates")
+        self.wrap(usbpo, "sac_updates", "sac_updates")
         return self
 
     def __exit__(self, *exc):
@@ -158,14 +160,14 @@ class PhaseTimer:
 
 @contextlib.contextmanager
 def graphed_env_steps():
-    """usbpo.main with each env step's SAC work replayed as one CUDA graph: usbpo.SACStep is graphed_sac.GraphedSACStep."""
+    """usbpo.main with each env step's SAC work replayed as one CUDA graph: usbpo.sac_updates is graphed_sac's."""
     import graphed_sac  # beside this file; it imports the same usbpo module
 
-    saved, usbpo.SACStep = usbpo.SACStep, graphed_sac.GraphedSACStep
+    saved, usbpo.sac_updates = usbpo.sac_updates, graphed_sac.graphed_sac_updates()
     try:
         yield
     finally:
-        usbpo.SACStep = saved
+        usbpo.sac_updates = saved
 
 
 def loop_seconds_per_1000(env_id, learning_starts, extra=()):

@@ -158,33 +158,34 @@ def iqm_per_step(x):
 
 def iqm_curve_figure(runs, path, reps=REPS):
     """IQM over seeds of eval_return at each evaluation, with 95% CI bands (rliable's sample-efficiency curve)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = []
     for v, seeds in runs.items():
-        curves = np.array([run["eval_return"] for _, run in sorted(seeds.items())])  # [seeds, evaluations]
-        steps = next(iter(seeds.values()))["env_steps"]
-
+        returns = np.array([run["eval_return"] for _, run in sorted(seeds.items())])  # [seeds, evaluations]
         point, interval = rly.get_interval_estimates(
-            {v: curves[:, None, :]}, iqm_per_step, reps=reps, random_state=np.random.RandomState(0)
+            {v: returns[:, None, :]}, iqm_per_step, reps=reps, random_state=np.random.RandomState(0)
         )
-        ax.plot(steps, point[v], label=f"{NAMES.get(v, v)} ({len(seeds)} seeds)")
-        ax.fill_between(steps, interval[v][0], interval[v][1], alpha=0.2)
-    ax.set(xlabel="env steps", ylabel="eval return, IQM over seeds (95% CI)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        steps = next(iter(seeds.values()))["env_steps"]
+        curves.append((f"{NAMES.get(v, v)} ({len(seeds)} seeds)", steps, point[v], *interval[v]))
+    band_figure(path, curves, "env steps", "eval return, IQM over seeds (95% CI)")
 
 
 def profile_figure(runs, path, reps=REPS):
-    """rliable's performance profile of the final scores: the fraction of runs above each return, with 95% CI bands."""
+    """rliable's performance profile of the final scores: the fraction of runs above each return, with 95% CI bands
+    (from rliable's own bootstrap, which takes no seed: a figure, not a pre-registered number)."""
     final = scores(runs, final_score)
     taus = np.linspace(0, MAX_RETURN, 101)
     profiles, bands = rly.create_performance_profile(final, taus, reps=reps)
+    curves = [(f"{NAMES.get(v, v)} ({len(final[v])} seeds)", taus, profiles[v], *bands[v]) for v in final]
+    band_figure(path, curves, "final score (mean of the last five evaluations)", "fraction of runs above (95% CI)")
+
+
+def band_figure(path, curves, xlabel, ylabel):
+    """Curves (label, x, y, CI low, CI high) with their bands, written to path."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for v, values in final.items():
-        ax.plot(taus, profiles[v], label=f"{NAMES.get(v, v)} ({len(values)} seeds)")
-        ax.fill_between(taus, bands[v][0], bands[v][1], alpha=0.2)
-    ax.set(xlabel="final score (mean of the last five evaluations)", ylabel="fraction of runs above (95% CI)")
+    for label, x, y, low, high in curves:
+        ax.plot(x, y, label=label)
+        ax.fill_between(x, low, high, alpha=0.2)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
